@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine with only Python:
+#   make test   create .venv, install bertzoo (+ the example plugin) and run the test suite
+#   make demo   pretrain a tiny BERT on text that ships with Python, export it, print metrics
+PYTHON ?= python3
+# The CPU build of torch that lies on this machine's disk; a bare `torch` pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m bertzoo.demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,329 @@
+"""The BERT encoder and its pretraining heads, in the order data flows through them.
+
+Devlin et al. 2018, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding" (https://arxiv.org/abs/1810.04805): Section 3 (model, input representation, MLM
+and NSP) and Appendix A.2 (pretraining procedure). Each layer is the post-LayerNorm encoder layer
+of Vaswani et al. 2017 ("Attention Is All You Need"): x = LN(x + Sublayer(x)).
+
+Shape legend used in the comments:
+    B batch, T padded sequence length, H hidden size, nh attention heads, hd = H / nh,
+    I intermediate (feed-forward) size, V vocabulary size,
+    N tokens that are not padding (N <= B*T), M positions that carry an MLM label.
+
+Where this departs from the paper and from Hugging Face's `BertModel` (the numbers do not change;
+tests/test_parity.py holds them to Hugging Face's within 1e-4):
+    - Q, K and V come from one fused (H -> 3H) projection instead of three; `bertzoo.checkpoint`
+      splits and joins Hugging Face's `query`/`key`/`value` weights.
+    - Unpadded compute: padding tokens are dropped once, before the embedding lookups; every
+      linear layer, LayerNorm, GELU and residual then runs on the packed (N, H) tokens, and only
+      attention re-pads them, around `scaled_dot_product_attention`. A batch without padding is
+      never gathered or scattered. `last_hidden_state` is zero at padding positions (Hugging
+      Face returns whatever the padded rows computed there).
+    - The MLM head is applied only where a token carries a label (M rows, not B*T): the
+      transform, the vocabulary projection and the softmax never touch unmasked tokens.
+    - The MLM decoder reads the word-embedding matrix it is given instead of owning a second
+      Parameter tied to it: one tensor, nothing to re-tie after loading, casting or sharding.
+    - Attention is `torch.nn.functional.scaled_dot_product_attention` (fused kernels on CPU
+      and GPU), not an explicit softmax(QK^T / sqrt(hd)) V.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertzoo.config import BertConfig
+
+IGNORE_INDEX = -100  # label value for positions without an MLM target (PyTorch's default)
+
+
+def activation(name: str):
+    """BERT uses the exact (erf) GELU; the tanh form is kept for checkpoints trained with it."""
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+# --------------------------------------------------------------------------------------- packing
+class Packing:
+    """Where the real (non-padding) tokens of a padded (B, T) batch are.
+
+    Built once per forward from the attention mask. `pack` takes (B, T, ...) rows to the N real
+    tokens; `unpack` puts (N, C) rows back into a zero-filled (B, T, C) layout.
+    When the batch has no padding, or `unpad` is False (the padded reference path), both are
+    free reshapes and every row is computed, as in Hugging Face.
+    """
+
+    def __init__(self, attention_mask: Tensor | None, batch_size: int, seq_len: int,
+                 unpad: bool = True):
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.indices = None  # (N,) positions of the real tokens in B*T; None: keep every row
+        self.attn_mask = None  # (B, 1, 1, T) which keys each query may see; None: all of them
+        if attention_mask is not None and not bool(attention_mask.all()):
+            keep = attention_mask.bool()  # (B, T)
+            self.attn_mask = keep[:, None, None, :]
+            if unpad:
+                self.indices = keep.flatten().nonzero().squeeze(1)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch_size * self.seq_len if self.indices is None else self.indices.numel()
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (N, ...): the rows of the real tokens, in batch-major order."""
+        flat = x.flatten(0, 1)  # (B*T, ...)
+        return flat if self.indices is None else flat.index_select(0, self.indices)  # (N, ...)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, C) -> (B, T, C), zeros where there was padding."""
+        if self.indices is None:
+            return x.view(self.batch_size, self.seq_len, -1)
+        full = x.new_zeros(self.batch_size * self.seq_len, x.shape[-1])  # (B*T, C)
+        return full.index_copy(0, self.indices, x).view(self.batch_size, self.seq_len, -1)
+
+
+# ------------------------------------------------------------------------------------ embeddings
+class BertEmbeddings(nn.Module):
+    """Sum of word, learned position and token-type (segment) embeddings, then LayerNorm and
+    dropout (paper Section 3, "Input/Output Representations", Figure 2)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size,
+                                 padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing) -> Tensor:
+        batch_size, seq_len = input_ids.shape
+        positions = torch.arange(seq_len, device=input_ids.device).expand(batch_size, seq_len)
+        # Look up only the real tokens: (B, T) ids -> (N,) ids -> (N, H) vectors.
+        x = (self.word(packing.pack(input_ids))
+             + self.position(packing.pack(positions))
+             + self.token_type(packing.pack(token_type_ids)))  # (N, H)
+        return self.dropout(self.norm(x))  # (N, H)
+
+
+# ------------------------------------------------------------------------------------- attention
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention with the output projection.
+
+    Hugging Face splits this into `attention.self` (query/key/value) and `attention.output.dense`.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:
+        B, T, nh, hd = packing.batch_size, packing.seq_len, self.num_heads, self.head_dim
+        qkv = packing.unpack(self.qkv(x))  # (N, 3H) -> (B, T, 3H)
+        q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=packing.attn_mask,
+            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hd)
+        context = context.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, H)
+        return self.out(packing.pack(context))  # (N, H)
+
+
+# ----------------------------------------------------------------------------------------- layer
+class BertLayer(nn.Module):
+    """One post-LayerNorm Transformer encoder layer: attention, then the feed-forward network,
+    each followed by dropout, the residual sum and LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertSelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
+        x = self.attention_norm(x + self.dropout(self.attention(x, packing)))  # (N, H)
+        h = self.act(self.intermediate(x))  # (N, I)
+        return self.output_norm(x + self.dropout(self.output(h)))  # (N, H)
+
+
+# --------------------------------------------------------------------------------------- encoder
+@dataclass
+class BertOutput:
+    last_hidden_state: Tensor  # (B, T, H); zeros at padding positions
+    pooler_output: Tensor | None  # (B, H); tanh(W h_[CLS] + b), None without a pooler
+
+
+class BertEncoder(nn.Module):
+    """BERT: embeddings, `num_hidden_layers` post-LN Transformer layers and the [CLS] pooler.
+
+    `forward(input_ids, attention_mask=None, token_type_ids=None)` returns a `BertOutput`.
+    `BertEncoder.from_pretrained(path)` reads a Hugging Face BERT folder, a bertzoo export or a
+    Lightning checkpoint of any bertzoo module; `save_pretrained(dir)` writes the Hugging Face
+    layout (see `bertzoo.checkpoint`).
+    """
+
+    def __init__(self, config: BertConfig, add_pooler: bool = True, unpad: bool = True):
+        super().__init__()
+        self.config = config
+        self.unpad = unpad  # False computes padding rows too (same numbers; kept for tests/bench)
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooler else None
+        self.apply(lambda module: init_weights(module, config))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> BertOutput:
+        batch_size, seq_len = input_ids.shape  # (B, T)
+        if seq_len > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        packing = Packing(attention_mask, batch_size, seq_len, self.unpad)
+        x = self.embeddings(input_ids, token_type_ids, packing)  # (N, H)
+        for layer in self.layers:
+            x = layer(x, packing)  # (N, H)
+        hidden = packing.unpack(x)  # (B, T, H)
+        pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else None  # (B, H)
+        return BertOutput(last_hidden_state=hidden, pooler_output=pooled)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "BertEncoder":
+        """Load from a Hugging Face BERT folder, a bertzoo export folder or a `.ckpt` file."""
+        from bertzoo.checkpoint import load_encoder
+        return load_encoder(path)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write `config.json`, `model.safetensors` (and tokenizer files) as Hugging Face does."""
+        from bertzoo.checkpoint import save_pretrained
+        save_pretrained(directory, self, tokenizer=tokenizer)
+
+
+# -------------------------------------------------------------------------------- pretraining heads
+class MaskedLMHead(nn.Module):
+    """Predicts the original token at masked positions (paper Section 3.1, "Task #1").
+
+    dense -> activation -> LayerNorm, then the word-embedding matrix (shared with the input,
+    as in BERT) plus an output bias. Takes only the M labelled rows.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        h = self.norm(self.act(self.dense(hidden)))  # (M, H)
+        return F.linear(h, word_embeddings, self.bias)  # (M, V): one matmul over the vocabulary
+
+
+class NextSentenceHead(nn.Module):
+    """IsNext / NotNext from the pooled [CLS] vector (paper Section 3.1, "Task #2")."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.classifier(pooled)  # (B, 2); class 0 = IsNext, as in google-research/bert
+
+
+@dataclass
+class PreTrainingOutput:
+    mlm_logits: Tensor  # (M, V) at labelled positions, or (B, T, V) when no labels were given
+    nsp_logits: Tensor  # (B, 2)
+    mlm_labels: Tensor | None = None  # (M,) the labels matching mlm_logits' rows
+    loss: Tensor | None = None  # mlm_loss + nsp_loss
+    mlm_loss: Tensor | None = None  # mean cross-entropy over the M labelled positions
+    nsp_loss: Tensor | None = None  # mean cross-entropy over the B pairs
+
+
+class BertForPreTraining(nn.Module):
+    """The encoder with the MLM and NSP heads; the pretraining loss is their sum (Appendix A.2).
+
+    With `mlm_labels` (B, T; IGNORE_INDEX where nothing is predicted) the MLM head runs on the
+    M labelled positions only; without them it runs on every position, as Hugging Face does.
+    """
+
+    def __init__(self, config: BertConfig, encoder: BertEncoder | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else BertEncoder(config)
+        if self.encoder.pooler is None:
+            raise ValueError("next sentence prediction needs the pooler; build the encoder "
+                             "with add_pooler=True")
+        self.mlm_head = MaskedLMHead(config)
+        self.nsp_head = NextSentenceHead(config)
+        self.mlm_head.apply(lambda module: init_weights(module, config))
+        self.nsp_head.apply(lambda module: init_weights(module, config))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, mlm_labels: Tensor | None = None,
+                nsp_labels: Tensor | None = None) -> PreTrainingOutput:
+        out = self.encoder(input_ids, attention_mask, token_type_ids)
+        nsp_logits = self.nsp_head(out.pooler_output)  # (B, 2)
+        word_embeddings = self.encoder.embeddings.word.weight  # (V, H)
+        if mlm_labels is None:
+            mlm_logits = self.mlm_head(out.last_hidden_state, word_embeddings)  # (B, T, V)
+            return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+        labelled = mlm_labels != IGNORE_INDEX  # (B, T)
+        targets = mlm_labels[labelled]  # (M,)
+        mlm_logits = self.mlm_head(out.last_hidden_state[labelled], word_embeddings)  # (M, V)
+        mlm_loss = (F.cross_entropy(mlm_logits, targets) if targets.numel()
+                    else mlm_logits.sum() * 0.0)  # a batch with nothing masked adds no loss
+        output = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits,
+                                   mlm_labels=targets, mlm_loss=mlm_loss, loss=mlm_loss)
+        if nsp_labels is not None:
+            output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
+            output.loss = mlm_loss + output.nsp_loss
+        return output
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "BertForPreTraining":
+        """Encoder and heads from a checkpoint; heads it lacks are initialised (logged)."""
+        from bertzoo.checkpoint import load_pretraining_model
+        return load_pretraining_model(path)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write the Hugging Face `BertForPreTraining` layout (`bert.*` and `cls.*` keys)."""
+        from bertzoo.checkpoint import save_pretrained
+        save_pretrained(directory, self.encoder, tokenizer=tokenizer, heads=self)
+
+
+# ------------------------------------------------------------------------------ initialisation
+@torch.no_grad()
+def init_weights(module: nn.Module, config: BertConfig) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+
+    The small standard deviation matters beyond accuracy: N(0, 1) tied embeddings saturate the
+    MLM softmax and its gradients turn into denormal floats, which made the vocabulary matmuls
+    ~25x slower on CPU in a measurement here.
+    """
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, config.initializer_range)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, config.initializer_range)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
