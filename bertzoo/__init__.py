@@ -1,14 +1,35 @@
-"""bertzoo: BERT pretraining and fine-tuning as a PyTorch Lightning task zoo."""
+"""bertzoo: BERT pretraining and fine-tuning as a PyTorch Lightning task zoo.
 
+The encoder, config, checkpoint and tokenizer API load with torch alone; the Lightning parts
+(`PretrainingModule`, the task registry and base classes) load on first use.
+"""
+
+from bertzoo.checkpoint import CheckpointError, save_pretrained
 from bertzoo.config import BertConfig, ConfigError
 from bertzoo.model import BertEncoder, BertForPreTraining, BertOutput, PreTrainingOutput
-from bertzoo.checkpoint import CheckpointError, save_pretrained
+from bertzoo.tasks.registry import TaskSpec, get_task, list_tasks
 from bertzoo.tokenizer import TokenizerError, load_tokenizer, save_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "PretrainingModule": "bertzoo.pretraining",
+    "PretrainingDataModule": "bertzoo.pretraining",
+    "TaskModule": "bertzoo.tasks.base",
+    "TaskDataModule": "bertzoo.tasks.base",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bertzoo' has no attribute {name!r}")
+
+
 __all__ = [
     "BertConfig", "ConfigError", "BertEncoder", "BertForPreTraining", "BertOutput",
     "PreTrainingOutput", "CheckpointError", "save_pretrained", "TokenizerError",
-    "load_tokenizer", "save_tokenizer", "train_tokenizer",
+    "load_tokenizer", "save_tokenizer", "train_tokenizer", "TaskSpec", "get_task", "list_tasks",
+    *_LAZY,
 ]

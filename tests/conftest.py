@@ -6,6 +6,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep the datasets Arrow cache of generated test data out of the user's home.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bertzoo-test-datasets-"))
 
 from pathlib import Path  # noqa: E402
 

@@ -1,0 +1,424 @@
+"""The two classes every task builds on: `TaskModule` (a LightningModule) and `TaskDataModule`.
+
+A task — built-in or plugin — supplies only what is specific to it:
+
+    TaskDataModule subclass                     TaskModule subclass
+      read_file(path)     -> datasets.Dataset      __init__: heads on top of self.encoder
+      preprocess(dataset) -> tokenized Dataset     forward(batch) -> outputs
+      label_names (if it has labels)               loss(outputs, batch) -> scalar
+                                                   build_metrics() -> MetricCollection
+                                                   metric_update(outputs, batch) -> args
+                                                   decode(outputs, batch) -> [row dicts]
+
+and inherits the rest: backbone loading (a bertzoo checkpoint/export or a Hugging Face folder)
+or random initialisation from a preset, AdamW with warm-up/decay and optional layer-wise
+learning-rate decay, metric logging under the same names in every stage (synced across devices
+by torchmetrics), reading CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with
+a cached `datasets.map`, length-grouped batching with dynamic padding, and prediction writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from bertzoo.data import BatchSampler, distributed_rank_and_size, pad_to
+from bertzoo.training import BertModule, build_encoder
+
+SPLITS = ("train", "validation", "test", "predict")
+
+
+class DataError(ValueError):
+    """Task data that cannot be used; the message names the file (and line or column)."""
+
+
+# ---------------------------------------------------------------------------------- the model
+class TaskModule(BertModule):
+    """Base LightningModule of every task: the encoder plus whatever head the task adds.
+
+    Args:
+        backbone: Checkpoint to start from: a Hugging Face BERT folder, a bertzoo export folder
+            or a bertzoo `.ckpt` (pretraining or any task). Its tokenizer is used for the data.
+        config: Instead of a backbone, random initialisation from a preset (tiny, mini, small,
+            medium, base, large) or a dict of BertConfig fields.
+        vocab_size: Linked from the data module's tokenizer; not set by hand.
+        head_dropout: Dropout before the task head.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: Decoupled weight decay (none on biases and LayerNorm).
+        warmup: Linear warm-up: a fraction of all steps if < 1, else a number of steps; the rate
+            then decays linearly to zero.
+        adam_epsilon: AdamW epsilon.
+        adam_betas: AdamW betas.
+        layerwise_lr_decay: Multiply the rate by this per layer below the top (1.0 = off).
+    """
+
+    #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
+    train_metrics: ClassVar[bool] = True
+
+    def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
+                 vocab_size: int | None = None, head_dropout: float = 0.1,
+                 learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup: float = 0.1,
+                 adam_epsilon: float = 1e-8, adam_betas: tuple[float, float] = (0.9, 0.999),
+                 layerwise_lr_decay: float = 1.0):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
+                         adam_epsilon=adam_epsilon, adam_betas=adam_betas,
+                         layerwise_lr_decay=layerwise_lr_decay)
+        self.save_hyperparameters()
+        self.encoder = build_encoder(backbone, config, vocab_size)
+        self.dropout = nn.Dropout(head_dropout)
+        self._metrics: nn.ModuleDict | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    # -- what a task implements
+    def forward(self, batch: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def build_metrics(self):
+        """A torchmetrics `MetricCollection`; cloned per stage and logged as `<stage>/<name>`."""
+        raise NotImplementedError
+
+    def metric_update(self, outputs: Any, batch: dict[str, Any]) -> tuple:
+        """The positional arguments the task's metrics are updated with for one batch."""
+        raise NotImplementedError
+
+    def decode(self, outputs: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per input row, each with the row's "index"."""
+        raise NotImplementedError
+
+    def finalize_predictions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All decoded rows of a prediction run (gathered from every device) -> final rows."""
+        return sorted(rows, key=lambda row: row["index"])
+
+    def prediction_files(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """File name -> content written next to the run by `bertzoo predict`."""
+        return {"predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                             for r in rows)}
+
+    # -- shared machinery
+    @property
+    def metrics(self) -> nn.ModuleDict:
+        if self._metrics is None:
+            self._metrics = self.stage_metrics(self.build_metrics()).to(self.device)
+        return self._metrics
+
+    def configure_model(self) -> None:
+        self.metrics  # create the metric states before the strategy moves/wraps the module
+
+    def _shared_step(self, stage: str, batch: dict[str, Any]) -> Tensor:
+        outputs = self(batch)
+        loss = self.loss(outputs, batch)
+        batch_size = int(batch["input_ids"].shape[0])
+        values: dict[str, Any] = {"loss": loss}
+        if stage != "train" or self.train_metrics:
+            collection = self.metrics[stage]
+            args = self.metric_update(outputs, batch)
+            if stage == "train":
+                collection(*args)  # forward: also gives the per-step value to log
+            else:
+                collection.update(*args)
+            values.update(collection)
+        self.log_stage(stage, values, batch_size)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step("test", batch)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return self.decode(self(batch), batch)
+
+    @classmethod
+    def hf_export(cls, state_dict: dict[str, Tensor], hparams: dict[str, Any]):
+        """(architecture, head tensors under Hugging Face names, config.json extras) to export
+        this task as a Hugging Face model, or None to export the encoder alone."""
+        return None
+
+
+# ----------------------------------------------------------------------------------- the data
+def _dataset_fingerprint(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Base data module of every task.
+
+    Args:
+        train_file: Training data (CSV, TSV, JSON lines; tasks add their own formats).
+        validation_file: Validation data, same format.
+        test_file: Test data, same format.
+        predict_file: Rows to predict (labels not needed).
+        dataset: A Hugging Face dataset name (or a local dataset folder) instead of files.
+        dataset_config: The dataset's configuration name, if it has several.
+        tokenizer: Tokenizer folder or `.ckpt`; defaults to `model.backbone` (or `--ckpt_path`).
+        max_length: Longest tokenized input; longer inputs are truncated (or windowed, by
+            tasks that support it).
+        batch_size: Training rows per batch on each device.
+        eval_batch_size: Rows per batch for validation/test/predict (default: batch_size).
+        group_by_length: Batch rows of similar length together (less padding).
+        pad_to_multiple_of: Round each batch's length up to a multiple of this.
+        max_train_samples: Use this many training rows, drawn at random with `seed`.
+        num_workers: DataLoader worker processes.
+        num_proc: Processes for tokenization (`datasets.map`).
+        seed: Seed for the training order and `max_train_samples`.
+    """
+
+    #: Properties of the data module that the CLI links to same-named model arguments.
+    model_links: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    #: Per-token label columns padded with -100 by the default collator.
+    token_label_keys: ClassVar[tuple[str, ...]] = ()
+    #: File suffixes `read_file` understands (for error messages).
+    file_formats: ClassVar[tuple[str, ...]] = (".csv", ".tsv", ".jsonl", ".json")
+
+    def __init__(self, train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None,
+                 dataset: str | None = None, dataset_config: str | None = None,
+                 tokenizer: str | None = None, max_length: int = 128, batch_size: int = 32,
+                 eval_batch_size: int | None = None, group_by_length: bool = True,
+                 pad_to_multiple_of: int | None = None, max_train_samples: int | None = None,
+                 num_workers: int = 0, num_proc: int | None = None, seed: int = 42):
+        super().__init__()
+        self.files = {"train": train_file, "validation": validation_file, "test": test_file,
+                      "predict": predict_file}
+        self.dataset_name = dataset
+        self.dataset_config = dataset_config
+        self.tokenizer_path = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.group_by_length = group_by_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_train_samples = max_train_samples
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.seed = seed
+        self._tokenizer = None
+        self._raw: dict[str, Any] = {}
+        self.datasets: dict[str, Any] = {}
+
+    # -- tokenizer
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if not self.tokenizer_path:
+                raise DataError("no tokenizer: set data.tokenizer, or model.backbone (whose "
+                                "tokenizer is then used)")
+            from bertzoo.tokenizer import load_tokenizer
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.token_to_id("[PAD]")
+
+    # -- reading
+    def source(self, split: str) -> str:
+        return self.files.get(split) or f"{self.dataset_name}[{split}]"
+
+    def raw(self, split: str):
+        """The untokenized split as a `datasets.Dataset` (read once)."""
+        if split not in self._raw:
+            self._raw[split] = self._read(split)
+        return self._raw[split]
+
+    def has_split(self, split: str) -> bool:
+        if self.files.get(split):
+            return True
+        if self.dataset_name is None:
+            return False
+        return self._hf_split(split) is not None
+
+    def _hf_split(self, split: str) -> str | None:
+        import datasets
+        names = datasets.get_dataset_split_names(self.dataset_name, self.dataset_config)
+        for candidate in {"train": ("train",), "validation": ("validation", "dev", "valid"),
+                          "test": ("test",), "predict": ("test",)}[split]:
+            if candidate in names:
+                return candidate
+        return None
+
+    def _read(self, split: str):
+        path = self.files.get(split)
+        if path:
+            if not Path(path).is_file():
+                raise DataError(f"data.{split}_file: no such file: {path}")
+            dataset = self.read_file(path)
+        elif self.dataset_name is not None:
+            import datasets
+            hf_split = self._hf_split(split)
+            if hf_split is None:
+                raise DataError(f"dataset {self.dataset_name} has no {split} split")
+            dataset = datasets.load_dataset(self.dataset_name, self.dataset_config, split=hf_split)
+        else:
+            raise DataError(f"no {split} data: set data.{split}_file or data.dataset")
+        if len(dataset) == 0:
+            raise DataError(f"{self.source(split)} has no rows (empty or header only)")
+        if split == "train" and self.max_train_samples is not None:
+            dataset = dataset.shuffle(seed=self.seed).select(
+                range(min(self.max_train_samples, len(dataset))))
+        return dataset
+
+    def read_file(self, path: str):
+        """A local file as a `datasets.Dataset` (cached as Arrow by `datasets`)."""
+        import datasets
+        suffix = Path(path).suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            dataset = datasets.load_dataset(
+                "csv", data_files=str(path), split="train",
+                delimiter="\t" if suffix == ".tsv" else ",",
+                # GLUE's TSVs are not quoted: a quote character is text, not a delimiter.
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+                keep_default_na=False)
+        elif suffix in (".jsonl", ".json"):
+            dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of "
+                            f"{', '.join(self.file_formats)}")
+        return dataset
+
+    @staticmethod
+    def require_columns(dataset, columns: list[str], source: str) -> None:
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise DataError(f"{source}: missing column(s) {missing}; found "
+                            f"{dataset.column_names}")
+
+    # -- tokenizing (once, cached by datasets)
+    def preprocess(self, dataset, split: str):
+        """Tokenize one split; the result has `input_ids`, `token_type_ids`, the task's label
+        column(s) and `index` (the input row). Implemented by each task, usually as
+        `self.map(dataset, function, split, ...)`."""
+        raise NotImplementedError
+
+    def fingerprint_parts(self) -> tuple:
+        """Everything besides the input data that changes preprocessing's result."""
+        return (type(self).__qualname__, self.tokenizer.to_str(), self.max_length)
+
+    def map(self, dataset, function, split: str, **kwargs):
+        """`dataset.map(function, batched=True)` with a fingerprint built from the input data's
+        fingerprint and `fingerprint_parts()`: the second run with the same inputs reads the
+        Arrow cache instead of tokenizing again."""
+        fingerprint = _dataset_fingerprint(dataset._fingerprint, function.__qualname__,
+                                           *self.fingerprint_parts(), sorted(kwargs.items(),
+                                                                             key=str))
+        return dataset.map(function, batched=True, num_proc=self.num_proc,
+                           new_fingerprint=fingerprint, desc=f"tokenizing {split}",
+                           **kwargs)
+
+    # -- Lightning hooks
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "validation"), "validate": ("validation",),
+                  "test": ("test",), "predict": ("predict",)}[stage]
+        for split in wanted:
+            if split in self.datasets:
+                continue
+            if split == "validation" and stage == "fit" and not self.has_split("validation"):
+                continue  # training without validation is allowed
+            self.datasets[split] = self.preprocess(self.raw(split), split)
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad `input_ids`/`token_type_ids` (and token label columns) to the batch's longest
+        row; scalar columns become tensors; anything else stays a list."""
+        batch: dict[str, Any] = {}
+        input_ids = [r["input_ids"] for r in rows]
+        batch["input_ids"] = pad_to(input_ids, self.pad_token_id, self.pad_to_multiple_of)
+        length = batch["input_ids"].shape[1]
+        batch["attention_mask"] = pad_to([[1] * len(ids) for ids in input_ids], 0, length=length)
+        batch["token_type_ids"] = pad_to([r.get("token_type_ids") or [0] * len(r["input_ids"])
+                                          for r in rows], 0, length=length)
+        for key in rows[0]:
+            if key in batch:
+                continue
+            values = [r[key] for r in rows]
+            if key in self.token_label_keys:
+                batch[key] = pad_to(values, -100, length=length)
+            elif all(isinstance(v, (int, float, bool)) for v in values):
+                batch[key] = torch.tensor(values)
+            elif all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                     for v in values) and len({len(v) for v in values}) == 1:
+                batch[key] = torch.tensor(values)  # fixed-size vectors, e.g. multi-label targets
+            else:
+                batch[key] = values
+        return batch
+
+    def _loader(self, split: str, train: bool):
+        from torch.utils.data import DataLoader
+        dataset = self.datasets[split]
+        lengths = [len(ids) for ids in dataset["input_ids"]] if self.group_by_length else None
+        sampler = BatchSampler(len(dataset), self.batch_size if train else self.eval_batch_size,
+                               shuffle=train, lengths=lengths,
+                               group_by_length=self.group_by_length,
+                               # every process must take the same number of training steps
+                               drop_last=train and distributed_rank_and_size()[1] > 1,
+                               seed=self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", train=False) if "validation" in self.datasets else []
+
+    def test_dataloader(self):
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self):
+        return self._loader("predict", train=False)
+
+
+# ------------------------------------------------------------------------------ predictions
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    from bertzoo.checkpoint import atomic_write
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+class PredictionWriter(L.Callback):
+    """Writes `bertzoo predict` output next to the run: rows from every device are gathered,
+    finalised by the task (`finalize_predictions`), and written once by rank 0."""
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = output_dir
+        self.written: list[Path] = []
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        rows = [row for batch in trainer.predict_loop.predictions for row in batch]
+        if trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if not trainer.is_global_zero:
+            return
+        rows = pl_module.finalize_predictions(rows)
+        directory = Path(self.output_dir or trainer.log_dir or ".")
+        for name, text in pl_module.prediction_files(rows).items():
+            write_text_atomically(directory / name, text)
+            self.written.append(directory / name)
+            print(f"wrote {len(rows)} predictions to {directory / name}")

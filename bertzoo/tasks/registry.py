@@ -1,0 +1,211 @@
+"""The task registry: every task, built-in or third-party, is an entry point in the group
+`bertzoo.tasks` whose object is a `TaskSpec`.
+
+    # a plugin's pyproject.toml
+    [project.entry-points."bertzoo.tasks"]
+    similarity = "bertzoo_similarity.task:TASK"
+
+bertzoo's own classification, NER and QA tasks are declared the same way in bertzoo's
+pyproject.toml: there is no second path. Entry points are listed without importing anything;
+a task's module is imported the first time the task is asked for (`get_task`) or when every task
+is listed (`list_tasks`). A task that fails to import or is malformed is recorded as broken, with
+the reason, and never stops the others from loading. Two distributions registering the same name
+is an error that names both (timm's registry only warns; that hides which one you got).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENTRY_POINT_GROUP = "bertzoo.tasks"
+
+
+class TaskError(LookupError):
+    """An unknown, broken or ambiguous task; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task plugin provides.
+
+    Args:
+        name: The task's name on the command line (`bertzoo fit --task NAME`); must equal the
+            entry point's name.
+        description: One line for `bertzoo tasks`.
+        module: The `bertzoo.tasks.TaskModule` subclass (the LightningModule).
+        datamodule: The `bertzoo.tasks.TaskDataModule` subclass.
+        example_data: `example_data(folder) -> dict` writes a few rows of valid data into
+            `folder` and returns the datamodule arguments that read them. The generated tests
+            (tests/test_registered_tasks.py) run every task through it.
+        recipe: Path of a default recipe YAML, if the task ships one.
+        monitor: Metric the checkpoint callback watches, e.g. "val/accuracy".
+        monitor_mode: "max" or "min" for `monitor`.
+    """
+
+    name: str
+    description: str
+    module: type
+    datamodule: type
+    example_data: Callable[[Path], dict[str, Any]]
+    recipe: str | None = None
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def validate(self, entry_point_name: str | None = None) -> None:
+        from lightning import LightningDataModule
+
+        from bertzoo.tasks.base import TaskModule
+        problems = []
+        if entry_point_name is not None and self.name != entry_point_name:
+            problems.append(f"spec name {self.name!r} differs from its entry point name "
+                            f"{entry_point_name!r}")
+        if not isinstance(self.description, str) or not self.description.strip() \
+                or "\n" in self.description.strip():
+            problems.append("description must be one non-empty line")
+        if not (isinstance(self.module, type) and issubclass(self.module, TaskModule)):
+            problems.append(f"module must be a TaskModule subclass, got {self.module!r}")
+        if not (isinstance(self.datamodule, type)
+                and issubclass(self.datamodule, LightningDataModule)):
+            problems.append(f"datamodule must be a LightningDataModule subclass, got "
+                            f"{self.datamodule!r}")
+        if not callable(self.example_data):
+            problems.append("example_data must be callable")
+        if self.monitor_mode not in ("min", "max"):
+            problems.append(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
+        if problems:
+            raise TypeError("; ".join(problems))
+
+
+@dataclass
+class RegisteredTask:
+    """One entry point and what became of it."""
+
+    name: str
+    value: str  # "package.module:OBJECT"
+    distribution: str
+    version: str
+    spec: TaskSpec | None = None
+    error: str | None = None
+    _entry_point: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def loaded(self) -> bool:
+        return self.spec is not None or self.error is not None
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"broken: {self.error}"
+        return "ok" if self.spec is not None else "not loaded"
+
+
+class TaskRegistry:
+    """Tasks found in entry points (or added with `register`), loaded on first use."""
+
+    def __init__(self, entry_points: Callable[[], Iterable[Any]] | None = None):
+        self._entry_points = entry_points or (
+            lambda: importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        self._tasks: dict[str, RegisteredTask] | None = None
+        self._duplicates: dict[str, list[RegisteredTask]] = {}
+
+    # -- discovery (no imports)
+    def _discover(self) -> dict[str, RegisteredTask]:
+        if self._tasks is None:
+            self._tasks = {}
+            for ep in self._entry_points():
+                dist = getattr(ep, "dist", None)
+                task = RegisteredTask(
+                    name=ep.name, value=ep.value,
+                    distribution=dist.metadata["Name"] if dist is not None else "<unknown>",
+                    version=dist.version if dist is not None else "", _entry_point=ep)
+                self._add(task)
+        return self._tasks
+
+    def _add(self, task: RegisteredTask) -> None:
+        tasks = self._tasks
+        existing = tasks.get(task.name)
+        if existing is None:
+            tasks[task.name] = task
+            return
+        if (existing.value, existing.distribution) == (task.value, task.distribution):
+            return  # the same distribution seen twice on sys.path: nothing new
+        self._duplicates.setdefault(task.name, [existing]).append(task)
+        message = (f"duplicate task name {task.name!r}: registered by "
+                   + " and ".join(f"{t.distribution} ({t.value})"
+                                  for t in self._duplicates[task.name]))
+        for t in self._duplicates[task.name]:
+            t.error = message
+        existing.error = message
+
+    # -- in-process registration (notebooks, tests); same validation and duplicate rules
+    def register(self, spec: TaskSpec, distribution: str = "<in-process>") -> None:
+        spec.validate()
+        self._discover()
+        self._add(RegisteredTask(name=spec.name, value=f"{spec.module.__module__}",
+                                 distribution=distribution, version="", spec=spec))
+        if spec.name in self._duplicates:
+            raise TaskError(self._tasks[spec.name].error)
+
+    # -- loading
+    def _load(self, task: RegisteredTask) -> RegisteredTask:
+        if task.loaded:
+            return task
+        try:
+            spec = task._entry_point.load()
+            if callable(spec) and not isinstance(spec, TaskSpec):
+                spec = spec()  # an entry point may name a factory returning the spec
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(f"{task.value} is a {type(spec).__name__}, expected a "
+                                f"bertzoo.tasks.TaskSpec")
+            spec.validate(task.name)
+            task.spec = spec
+        except Exception as err:  # any failure inside a plugin is that plugin's, not ours
+            task.error = f"{type(err).__name__}: {err}"
+        return task
+
+    def list(self) -> list[RegisteredTask]:
+        """Every registered task, loaded, sorted by name; broken ones carry their reason."""
+        return [self._load(t) for _, t in sorted(self._discover().items())]
+
+    def names(self) -> list[str]:
+        return sorted(self._discover())
+
+    def get(self, name: str) -> TaskSpec:
+        tasks = self._discover()
+        if name not in tasks:
+            known = sorted(tasks)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TaskError(f"unknown task {name!r}{hint} Known tasks: {', '.join(known) or 'none'} "
+                            f"(run `bertzoo tasks` for details)")
+        task = self._load(tasks[name])
+        if task.error:
+            raise TaskError(f"task {name!r} from {task.distribution} cannot be used: {task.error}")
+        return task.spec
+
+    def reset(self) -> None:
+        self._tasks = None
+        self._duplicates = {}
+
+
+REGISTRY = TaskRegistry()
+
+
+def list_tasks() -> list[RegisteredTask]:
+    """All tasks from the `bertzoo.tasks` entry points, with distribution, version and status."""
+    return REGISTRY.list()
+
+
+def get_task(name: str) -> TaskSpec:
+    """The `TaskSpec` registered under `name`; an unknown name lists the known ones."""
+    return REGISTRY.get(name)
+
+
+def register(spec: TaskSpec, distribution: str = "<in-process>") -> None:
+    """Add a task without packaging it (a notebook, a test). Installed plugins use entry points."""
+    REGISTRY.register(spec, distribution)

@@ -1,0 +1,222 @@
+"""What every bertzoo LightningModule shares: building the encoder, the optimizer and its
+schedule, metric logging, what goes into a checkpoint, and the Trainer defaults.
+
+Pretraining (`bertzoo.pretraining.module.PretrainingModule`) and every task
+(`bertzoo.tasks.base.TaskModule`, built-in or plugin) subclass `BertModule`, so a checkpoint of
+any of them carries the same `checkpoint["bertzoo"]` entry (config, tokenizer, module) and
+`BertEncoder.from_pretrained(ckpt)` reads any of them.
+
+Optimisation follows BERT (Devlin et al. 2018, Appendix A.2; google-research/bert
+`optimization.py`): AdamW with decoupled weight decay, none on biases and LayerNorm parameters,
+linear warm-up then linear decay to zero. Layer-wise learning-rate decay (Clark et al. 2020,
+ELECTRA, Appendix A) is optional for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from bertzoo.checkpoint import CKPT_KEY
+from bertzoo.config import BertConfig, ConfigError
+from bertzoo.model import BertEncoder
+
+
+# --------------------------------------------------------------------------------- the encoder
+def build_encoder(backbone: str | None, config: str | dict[str, Any] | None,
+                  vocab_size: int | None, add_pooler: bool = True) -> BertEncoder:
+    """The encoder from a checkpoint (`backbone`) or randomly initialised from `config`.
+
+    `config` is a preset name (`tiny` ... `large`) or a dict of `BertConfig` fields, optionally
+    with a `preset` key to start from. `vocab_size` is the tokenizer's; with a backbone it must
+    match the checkpoint's embedding.
+    """
+    if backbone and config:
+        raise ConfigError("give either model.backbone (a checkpoint to start from) or "
+                          "model.config (a preset for random initialisation), not both")
+    if backbone:
+        encoder = BertEncoder.from_pretrained(backbone)
+        if vocab_size is not None and vocab_size != encoder.config.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {vocab_size} tokens but the backbone {backbone} embeds "
+                f"{encoder.config.vocab_size}; use the backbone's own tokenizer")
+        return encoder
+    if config is None:
+        raise ConfigError("set model.backbone (a checkpoint folder or .ckpt) or model.config "
+                          "(a preset: tiny, mini, small, medium, base, large)")
+    if vocab_size is None:
+        raise ConfigError("model.vocab_size is unknown: it comes from the data module's tokenizer")
+    if isinstance(config, str):
+        bert_config = BertConfig.from_preset(config, vocab_size=vocab_size)
+    else:
+        values = dict(config)
+        preset = values.pop("preset", None)
+        values.setdefault("vocab_size", vocab_size)
+        bert_config = (BertConfig.from_preset(preset, **values) if preset
+                       else BertConfig.from_dict(values))
+    return BertEncoder(bert_config, add_pooler=add_pooler)
+
+
+# ------------------------------------------------------------------------------ optimisation
+def parameter_groups(module: nn.Module, weight_decay: float, learning_rate: float,
+                     layerwise_lr_decay: float = 1.0, num_layers: int = 0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no weight decay on biases and LayerNorm parameters; with
+    `layerwise_lr_decay` < 1, depth d gets lr * decay ** (num_layers + 1 - d), where the
+    embeddings are depth 0, layer i is depth i + 1 and everything above the encoder (pooler,
+    heads) is depth num_layers + 1 and keeps the full rate."""
+    no_decay = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm)
+                for p in m.parameters(recurse=False)}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (name.endswith("bias") or id(param) in no_decay)
+        depth = _depth(name, num_layers) if layerwise_lr_decay != 1.0 else num_layers + 1
+        if (depth, decay) not in groups:
+            groups[(depth, decay)] = {
+                "params": [], "weight_decay": weight_decay if decay else 0.0,
+                "lr": learning_rate * layerwise_lr_decay ** (num_layers + 1 - depth)}
+        groups[(depth, decay)]["params"].append(param)
+    return list(groups.values())
+
+
+def _depth(name: str, num_layers: int) -> int:
+    parts = name.split(".")
+    if "embeddings" in parts:
+        return 0
+    if "layers" in parts:
+        return int(parts[parts.index("layers") + 1]) + 1
+    return num_layers + 1
+
+
+def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
+    """lr multiplier: 0 -> 1 over `warmup_steps`, then 1 -> 0 at `total_steps` (BERT's)."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return multiplier
+
+
+# ------------------------------------------------------------------------------ base module
+class BertModule(L.LightningModule):
+    """Base of every bertzoo LightningModule.
+
+    Subclasses build `self.encoder` with `build_encoder(...)`, their heads, and a
+    `MetricCollection` per stage via `self.metrics = self.stage_metrics(collection)`.
+    """
+
+    def __init__(self, learning_rate: float = 5e-5, weight_decay: float = 0.01,
+                 warmup: float = 0.1, adam_epsilon: float = 1e-6,
+                 adam_betas: tuple[float, float] = (0.9, 0.999),
+                 layerwise_lr_decay: float = 1.0):
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup = warmup
+        self.adam_epsilon = adam_epsilon
+        self.adam_betas = tuple(adam_betas)
+        self.layerwise_lr_decay = layerwise_lr_decay
+        self.tokenizer = None  # a tokenizers.Tokenizer, from the data module or the checkpoint
+        if warmup < 0:
+            raise ConfigError(f"model.warmup must be >= 0 (a fraction of the steps if < 1, else a "
+                              f"number of steps), got {warmup}")
+
+    # -- metrics: one MetricCollection per stage, logged under "<stage>/<name>" everywhere
+    @staticmethod
+    def stage_metrics(collection) -> nn.ModuleDict:
+        return nn.ModuleDict({stage: collection.clone(prefix=f"{stage}/")
+                              for stage in ("train", "val", "test")})
+
+    def log_stage(self, stage: str, values: dict[str, Any], batch_size: int) -> None:
+        """Log loss tensors and updated Metric objects the same way in every stage: per step in
+        training (also shown in the progress bar), per epoch everywhere, synced across devices."""
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/{k}" if "/" not in k else k: v for k, v in values.items()},
+                      on_step=on_step, on_epoch=True, prog_bar=False, batch_size=batch_size,
+                      sync_dist=True)
+
+    # -- tokenizer travels with the model
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {
+            "config": self.encoder.config.to_dict(),
+            "tokenizer": self.tokenizer.to_str() if self.tokenizer is not None else None,
+            "module": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get(CKPT_KEY)
+        if info is None:
+            raise ValueError("this checkpoint was not written by a bertzoo module (no 'bertzoo' "
+                             "entry); pass it as model.backbone rather than --ckpt_path")
+        written_by = info.get("module")
+        mine = f"{type(self).__module__}.{type(self).__qualname__}"
+        if written_by and written_by != mine:
+            raise ValueError(
+                f"this checkpoint was written by {written_by}, not {mine}: --ckpt_path resumes "
+                f"the same module; to start a new task from it, pass it as model.backbone")
+        if info.get("tokenizer") and self.tokenizer is None:
+            from tokenizers import Tokenizer
+            self.tokenizer = Tokenizer.from_str(info["tokenizer"])
+
+    # -- optimizer and schedule
+    def configure_optimizers(self):
+        num_layers = self.encoder.config.num_hidden_layers
+        groups = parameter_groups(self, self.weight_decay, self.learning_rate,
+                                  self.layerwise_lr_decay, num_layers)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.adam_betas,
+                                      eps=self.adam_epsilon)
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            raise ConfigError("cannot schedule the learning rate: set trainer.max_steps or "
+                              "trainer.max_epochs")
+        warmup_steps = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_then_linear_decay(warmup_steps, total))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
+# ---------------------------------------------------------------------------------- callbacks
+class TokensPerSecond(Callback):
+    """Shows and logs training throughput in real (non-padding) tokens per second, counted
+    from each batch's `attention_mask`, over the last `window` steps."""
+
+    def __init__(self, window: int = 20):
+        self.window = window
+        self._times: list[float] = []
+        self._tokens: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self._times:
+            self._times.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        if mask is None:
+            return
+        self._tokens.append(int(mask.sum()) * trainer.world_size)
+        self._times.append(time.perf_counter())
+        if len(self._tokens) > self.window:
+            self._tokens.pop(0)
+            self._times.pop(0)
+        elapsed = self._times[-1] - self._times[0]
+        if elapsed > 0:
+            pl_module.log("tokens_per_sec", sum(self._tokens) / elapsed, prog_bar=True,
+                          on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._times.clear()
+        self._tokens.clear()
