@@ -63,6 +63,7 @@ class BatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.epoch = 0
         self.position = 0  # batches of this epoch already handed out (for exact resume)
+        self._resume_position = 0  # batches the next iteration skips (set by load_state_dict)
 
     @property
     def global_batch_size(self) -> int:
@@ -110,8 +111,11 @@ class BatchSampler(Sampler[list[int]]):
             yield mine.tolist()
 
     def __iter__(self):
+        # Only a restored state skips batches: an iteration abandoned early (Lightning's sanity
+        # check stops after 2 validation batches) must not shorten the next one.
+        skip, self._resume_position = self._resume_position, 0
         for index, batch in enumerate(self._batches()):
-            if index < self.position:
+            if index < skip:
                 continue  # resumed mid-epoch: these were consumed before the checkpoint
             self.position = index + 1
             if batch:  # a short final batch may leave a process nothing to do
@@ -124,6 +128,7 @@ class BatchSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+        self._resume_position = self.position
 
 
 def pad_to(values: Sequence[Sequence[int]], pad_value: int, multiple_of: int | None = None,
