@@ -1,0 +1,487 @@
+"""`PretrainingDataModule`: corpus -> documents -> tokens -> sentence-pair instances -> masked
+batches, in that one direction.
+
+    read       text files (bert / text / wikitext layouts), a Hugging Face dataset, or the
+               embedded corpus                                      -> {"sentences": [str]}
+    vocabulary the given tokenizer, or WordPiece trained on the training documents (cached)
+    tokenize   once, batched, with the Rust tokenizer, `datasets.map` (Arrow, fingerprint cache)
+                                                                    -> {"sentence_ids": [[int]]}
+    instances  google-research/bert's NSP algorithm (`instances.py`), `datasets.map` again
+                                                                    -> input_ids, token_type_ids,
+                                                                       nsp_label
+    batches    `BatchSampler` (deterministic per seed and epoch, rank-aware) and the dynamic
+               masking collator (`masking.py`), in a `StatefulDataLoader` whose position is saved
+               in Lightning checkpoints
+
+Every step after reading is cached by `datasets`; a second run with the same inputs and options
+reads Arrow files instead of recomputing. With `streaming=True` nothing holds the corpus in memory:
+documents are tokenized on the fly and NotNext segments come from a block of `pool_size`
+documents (see `instances.py`).
+
+`TOKENIZERS_PARALLELISM`: tokenization uses the Rust thread pool only when it runs in this
+process alone (`num_proc` <= 1) and no DataLoader worker will fork after it; otherwise
+parallelism comes from `num_proc` processes and the Rust pool stays off (a used pool makes forked
+workers warn, and can deadlock them if they tokenize).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import numpy as np
+import torch
+
+from bertzoo.data import BatchSampler, distributed_rank_and_size
+from bertzoo.pretraining.corpus import (CorpusError, documents_from_files, fingerprint,
+                                        from_hf_dataset, iter_sentences)
+from bertzoo.pretraining.instances import DocumentPool, InstanceConfig, build_instances
+from bertzoo.pretraining.masking import MaskingCollator
+
+log = logging.getLogger("bertzoo")
+
+PIPELINE_VERSION = 1  # part of every cache key below the reader; bump when the output changes
+
+
+# ------------------------------------------------------------------------------ torch datasets
+class TaggedBatchSampler(BatchSampler):
+    """`BatchSampler` whose batches carry the epoch: [(epoch, index), ...], so that the
+    collator can seed each row's masking with (seed, epoch, index) in any worker process."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield [(self.epoch, index) for index in batch]
+
+
+class InstanceDataset(torch.utils.data.Dataset):
+    """Instances in Arrow, fetched a batch at a time. `fixed_epoch` pins the masking epoch
+    (validation masks the same way every time it runs)."""
+
+    def __init__(self, instances, fixed_epoch: int | None = None):
+        self.instances = instances.with_format("numpy",
+                                               columns=["input_ids", "token_type_ids", "nsp_label"])
+        self.fixed_epoch = fixed_epoch
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        indices = [index for _, index in keys]
+        columns = self.instances[indices]
+        return [{"input_ids": columns["input_ids"][k], "token_type_ids": columns["token_type_ids"][k],
+                 "nsp_label": int(columns["nsp_label"][k]), "index": index,
+                 "epoch": epoch if self.fixed_epoch is None else self.fixed_epoch}
+                for k, (epoch, index) in enumerate(keys)]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.instances["input_ids"]])
+
+
+class StreamedInstances(torch.utils.data.IterableDataset):
+    """Instances of a streamed corpus, each tagged with its position in this process's share of
+    the stream (which seeds its masking) and the epoch (which advances every pass)."""
+
+    def __init__(self, stream, shuffle_buffer: int, seed: int):
+        self.stream = stream
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world_size = distributed_rank_and_size()
+        stream = self.stream
+        if world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+        if self.shuffle_buffer:
+            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            stream.set_epoch(self.epoch)
+        for index, row in enumerate(stream):
+            yield {"input_ids": row["input_ids"], "token_type_ids": row["token_type_ids"],
+                   "nsp_label": row["nsp_label"], "index": index, "epoch": self.epoch}
+        self.epoch += 1
+
+
+@contextlib.contextmanager
+def tokenizers_parallelism(enabled: bool):
+    """Set TOKENIZERS_PARALLELISM for the duration of a block (see the module docstring)."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def tokenize_documents(batch: dict[str, list], tokenizer) -> dict[str, list]:
+    """`datasets.map(batched=True)` function: sentences -> token ids, every sentence of the
+    batch in one `encode_batch` call; documents left without tokens are dropped."""
+    sentences = [s for document in batch["sentences"] for s in document]
+    encodings = tokenizer.encode_batch(sentences, add_special_tokens=False)
+    out: list[list[list[int]]] = []
+    position = 0
+    for document in batch["sentences"]:
+        ids = [encodings[position + k].ids for k in range(len(document))]
+        position += len(document)
+        ids = [sentence for sentence in ids if sentence]
+        if ids:
+            out.append(ids)
+    return {"sentence_ids": out}
+
+
+class _ArrowDocuments:
+    """Random access to tokenized documents in Arrow, for `DocumentPool`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> list[list[int]]:
+        return self.dataset[index]["sentence_ids"]
+
+
+# ------------------------------------------------------------------------------ the data module
+class PretrainingDataModule(L.LightningDataModule):
+    """Data for BERT pretraining: masked LM + next sentence prediction.
+
+    With neither `train_files` nor `dataset`, the corpus is the embedded one: English text that
+    ships with Python (`bertzoo.pretraining.embedded`).
+
+    Args:
+        train_files: Text file(s) or glob pattern(s) to pretrain on.
+        validation_files: Held-out text file(s); without them `validation_documents` of the
+            training documents are held out.
+        format: Layout of the files: "bert" (one sentence per line, blank line between
+            documents), "text" (each file one document of prose paragraphs) or "wikitext"
+            (` = Title = ` lines start documents).
+        dataset: A Hugging Face dataset name, or a local dataset folder, with one document per
+            row, instead of files.
+        dataset_config: The dataset's configuration name, if it has several.
+        dataset_split: Split of `dataset` to pretrain on.
+        dataset_validation_split: Split of `dataset` to validate on (default: hold out
+            `validation_documents`).
+        text_column: Column of `dataset` holding the text (a string, or a list of sentences).
+        streaming: Read the corpus as a stream (`datasets` streaming): no whole-corpus list in
+            memory; needs `trainer.max_steps`, and holds out the first `validation_documents`
+            documents (a count) for validation.
+        validation_documents: Documents held out for validation when no validation data is
+            given: a fraction of the corpus if < 1, else a count; 0 validates nothing.
+        tokenizer: Tokenizer folder or `.ckpt`; default: `model.backbone`'s, or else a WordPiece
+            vocabulary trained on the training documents (cached, saved with the checkpoints).
+        tokenizer_vocab_size: Size of the vocabulary trained when no tokenizer is given.
+        lowercase: Whether a trained vocabulary lower-cases (uncased BERT).
+        max_seq_length: Longest instance, [CLS] and [SEP]s included.
+        short_seq_prob: Fraction of instances with a shorter random target length.
+        next_sentence_prob: Probability that segment B is the true continuation of A.
+        dupe_factor: Instances are built this many times with different random choices (as
+            google-research/bert's `dupe_factor`; masking is dynamic regardless).
+        pool_size: Streaming: documents per block from which NotNext segments are drawn.
+        mlm_probability: Fraction of the (non-special) tokens predicted.
+        mask_token_prob: Of the predicted tokens, the fraction replaced by [MASK].
+        random_token_prob: Of the predicted tokens, the fraction replaced by a random token.
+        whole_word_mask: Mask whole words (## pieces together with their word).
+        max_predictions_per_seq: Cap on predicted tokens per sequence (google: 20 at 128, 80 at
+            512); null for none.
+        batch_size: Training sequences per batch on each device.
+        eval_batch_size: Sequences per validation batch (default: batch_size).
+        pad_to_multiple_of: Round each batch's length up to a multiple of this.
+        num_workers: DataLoader worker processes (masking runs there).
+        num_proc: Processes for tokenization and instance building (`datasets.map`).
+        seed: Seed of the held-out split, the instances, the training order and the masking.
+    """
+
+    #: Values the CLI links from this data module to the same-named model arguments.
+    model_links: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_length")
+
+    def __init__(self, train_files: str | list[str] | None = None,
+                 validation_files: str | list[str] | None = None,
+                 format: Literal["bert", "text", "wikitext"] = "bert",
+                 dataset: str | None = None, dataset_config: str | None = None,
+                 dataset_split: str = "train", dataset_validation_split: str | None = None,
+                 text_column: str = "text", streaming: bool = False,
+                 validation_documents: float = 0.05, tokenizer: str | None = None,
+                 tokenizer_vocab_size: int = 30522, lowercase: bool = True,
+                 max_seq_length: int = 128, short_seq_prob: float = 0.1,
+                 next_sentence_prob: float = 0.5, dupe_factor: int = 1, pool_size: int = 10000,
+                 mlm_probability: float = 0.15, mask_token_prob: float = 0.8,
+                 random_token_prob: float = 0.1, whole_word_mask: bool = False,
+                 max_predictions_per_seq: int | None = None, batch_size: int = 32,
+                 eval_batch_size: int | None = None, pad_to_multiple_of: int | None = None,
+                 num_workers: int = 0, num_proc: int | None = None, seed: int = 12345):
+        super().__init__()
+        if train_files is not None and dataset is not None:
+            raise CorpusError("give either data.train_files or data.dataset, not both")
+        if validation_documents < 0:
+            raise CorpusError(f"data.validation_documents must be >= 0, got {validation_documents}")
+        if streaming and 0 < validation_documents < 1 and not (validation_files
+                                                               or dataset_validation_split):
+            raise CorpusError("a streamed corpus has no known length: give "
+                              "data.validation_documents as a count of documents (e.g. 200)")
+        if dupe_factor < 1:
+            raise CorpusError(f"data.dupe_factor must be >= 1, got {dupe_factor}")
+        if batch_size < 1:
+            raise CorpusError(f"data.batch_size must be positive, got {batch_size}")
+        self.train_files = train_files
+        self.validation_files = validation_files
+        self.format = format
+        self.dataset_name = dataset
+        self.dataset_config = dataset_config
+        self.dataset_split = dataset_split
+        self.dataset_validation_split = dataset_validation_split
+        self.text_column = text_column
+        self.streaming = streaming
+        self.validation_documents = validation_documents
+        self.tokenizer_path = tokenizer
+        self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.lowercase = lowercase
+        self.max_seq_length = max_seq_length
+        self.dupe_factor = dupe_factor
+        self.pool_size = pool_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.seed = seed
+        # Validate the instance and masking options now, before anything is read.
+        self.instance_config = InstanceConfig(max_seq_length=max_seq_length,
+                                              short_seq_prob=short_seq_prob,
+                                              next_sentence_prob=next_sentence_prob, seed=seed)
+        self.masking_options = dict(
+            mlm_probability=mlm_probability, mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob, whole_word_mask=whole_word_mask,
+            max_predictions_per_seq=max_predictions_per_seq,
+            pad_to_multiple_of=pad_to_multiple_of, seed=seed)
+        MaskingCollator(vocab_size=8, special_ids=[0], mask_id=1, pad_id=0,
+                        **self.masking_options)
+        self._tokenizer = None
+        self._documents: dict[str, Any] | None = None
+        self.instances: dict[str, Any] = {}
+        self._collator: MaskingCollator | None = None
+
+    # ---------------------------------------------------------------------------- documents
+    def source_name(self) -> str:
+        if self.train_files is not None:
+            return str(self.train_files)
+        if self.dataset_name is not None:
+            return f"dataset {self.dataset_name}[{self.dataset_split}]"
+        return "the embedded corpus"
+
+    def documents(self) -> dict[str, Any]:
+        """{"train": documents, "validation": documents or None}, read once."""
+        if self._documents is None:
+            self._documents = self._read_documents()
+        return self._documents
+
+    def _read_documents(self) -> dict[str, Any]:
+        validation = None
+        if self.train_files is not None:
+            train = documents_from_files(self.train_files, self.format, self.streaming)
+            if self.validation_files is not None:
+                validation = documents_from_files(self.validation_files, self.format,
+                                                  field="data.validation_files")
+        elif self.dataset_name is not None:
+            train = from_hf_dataset(self.dataset_name, self.dataset_config, self.dataset_split,
+                                    self.text_column, self.streaming, self.num_proc)
+            if self.dataset_validation_split:
+                validation = from_hf_dataset(self.dataset_name, self.dataset_config,
+                                             self.dataset_validation_split, self.text_column,
+                                             num_proc=self.num_proc)
+        else:
+            from bertzoo.pretraining.embedded import embedded_documents
+            train = embedded_documents(self.streaming)
+        if validation is None and self.validation_documents:
+            train, validation = self._hold_out(train)
+        self._check_documents(train, self.source_name())
+        if validation is not None:
+            self._check_documents(validation, f"the validation documents of {self.source_name()}"
+                                  if self.validation_files is None else str(self.validation_files))
+        return {"train": train, "validation": validation}
+
+    def _hold_out(self, documents):
+        import datasets
+        if self.streaming:
+            count = int(self.validation_documents)
+            held_out = datasets.Dataset.from_list(list(documents.take(count)),
+                                                  features=documents.features)
+            return documents.skip(count), held_out
+        size = len(documents)
+        count = (round(self.validation_documents * size) if self.validation_documents < 1
+                 else int(self.validation_documents))
+        if size - count < 2 or count < 2:
+            raise CorpusError(
+                f"{self.source_name()} has {size} document(s): too few to hold out "
+                f"{count} for validation and keep two for training (next sentence prediction "
+                f"needs two documents on each side); add documents, give "
+                f"data.validation_files, or set data.validation_documents: 0")
+        split = documents.train_test_split(test_size=count, seed=self.seed, shuffle=True)
+        return split["train"], split["test"]
+
+    def _check_documents(self, documents, source: str) -> None:
+        import datasets
+        if isinstance(documents, datasets.IterableDataset):
+            count = sum(1 for _ in documents.take(2))
+        else:
+            count = len(documents)
+        if count == 0:
+            raise CorpusError(f"{source} has no documents (empty, or no line with text)")
+        if count == 1:
+            raise CorpusError(
+                f"{source} has a single document; next sentence prediction needs at least two "
+                f"(NotNext segments come from another document). In the bert format a blank "
+                f"line separates documents; in the text format each file is one document")
+
+    # ---------------------------------------------------------------------------- tokenizer
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tokenizer_path:
+                from bertzoo.tokenizer import load_tokenizer
+                self._tokenizer = load_tokenizer(self.tokenizer_path)
+            else:
+                self._tokenizer = self._trained_tokenizer()
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _trained_tokenizer(self):
+        """WordPiece trained on the training documents, cached per corpus and options (one
+        process trains, the others wait for its file)."""
+        import datasets
+        from filelock import FileLock
+        from tokenizers import Tokenizer
+
+        from bertzoo.checkpoint import atomic_write
+        from bertzoo.tokenizer import train_tokenizer
+        train = self.documents()["train"]
+        corpus_key = (train._fingerprint if isinstance(train, datasets.Dataset)
+                      else (self.source_name(), self.dataset_config, self.validation_documents))
+        key = fingerprint("wordpiece", corpus_key, self.tokenizer_vocab_size, self.lowercase)
+        cache = Path(datasets.config.HF_DATASETS_CACHE) / "bertzoo-tokenizers" / key
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / "tokenizer.json"
+        with FileLock(str(cache / ".lock")):
+            if not path.is_file():
+                log.info("training a %d-token WordPiece vocabulary on %s", self.tokenizer_vocab_size,
+                         self.source_name())
+                with tokenizers_parallelism(self.num_workers == 0):
+                    trained = train_tokenizer(texts=_sentences(train),
+                                              vocab_size=self.tokenizer_vocab_size,
+                                              lowercase=self.lowercase)
+                atomic_write(path, lambda tmp: trained.save(tmp))
+        return Tokenizer.from_file(str(path))
+
+    # ----------------------------------------------------------------------------- pipeline
+    def tokenized(self, split: str):
+        documents = self.documents()[split]
+        import datasets
+        features = datasets.Features(
+            {"sentence_ids": datasets.Sequence(datasets.Sequence(datasets.Value("int32")))})
+        kwargs = dict(batched=True, remove_columns=["sentences"], features=features,
+                      fn_kwargs={"tokenizer": self.tokenizer})
+        if isinstance(documents, datasets.IterableDataset):
+            return documents.map(tokenize_documents, **kwargs)
+        return documents.map(
+            tokenize_documents, num_proc=self.num_proc, desc=f"tokenizing {split} documents",
+            new_fingerprint=fingerprint(documents._fingerprint, "tokenize", PIPELINE_VERSION,
+                                        self.tokenizer.to_str()), **kwargs)
+
+    def build_instances(self, split: str):
+        """The split's NSP instances (cached Arrow; a stream when streaming)."""
+        import datasets
+        tokenized = self.tokenized(split)
+        special = {"cls_id": self.tokenizer.token_to_id("[CLS]"),
+                   "sep_id": self.tokenizer.token_to_id("[SEP]")}
+        config = InstanceConfig(**{**self.instance_config.__dict__, **special})
+        features = datasets.Features({
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "token_type_ids": datasets.Sequence(datasets.Value("int8")),
+            "nsp_label": datasets.Value("int8"),
+            "a_document": datasets.Value("int64"), "b_document": datasets.Value("int64")})
+        # Validation instances are built once; training ones dupe_factor times.
+        duplicates = self.dupe_factor if split == "train" else 1
+        if isinstance(tokenized, datasets.IterableDataset):
+            return tokenized.map(build_instances, batched=True, batch_size=self.pool_size,
+                                 with_indices=True, remove_columns=["sentence_ids"],
+                                 features=features,
+                                 fn_kwargs={"config": config, "duplicates": duplicates})
+        pool = DocumentPool(_ArrowDocuments(tokenized))
+        return tokenized.map(
+            build_instances, batched=True, with_indices=True, remove_columns=["sentence_ids"],
+            features=features, num_proc=self.num_proc, desc=f"building {split} instances",
+            fn_kwargs={"config": config, "pool": pool, "duplicates": duplicates},
+            new_fingerprint=fingerprint(tokenized._fingerprint, "instances", PIPELINE_VERSION,
+                                        config, duplicates))
+
+    @property
+    def collator(self) -> MaskingCollator:
+        if self._collator is None:
+            self._collator = MaskingCollator.for_tokenizer(self.tokenizer, **self.masking_options)
+        return self._collator
+
+    # ------------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Read, tokenize and build instances once (local rank 0); `setup` then reads caches."""
+        if not self.streaming:
+            self._build()
+
+    def setup(self, stage: str) -> None:
+        self._build()
+
+    def _build(self) -> None:
+        self.collator  # a tokenizer without [MASK] fails here, before anything else runs
+        parallel = (self.num_proc or 1) <= 1 and self.num_workers == 0
+        with tokenizers_parallelism(parallel):
+            for split in ("train", "validation"):
+                if split not in self.instances and self.documents()[split] is not None:
+                    self.instances[split] = self.build_instances(split)
+        for split, instances in self.instances.items():
+            if not self.streaming and len(instances) == 0:
+                raise CorpusError(f"the {split} documents of {self.source_name()} gave no "
+                                  f"instances")
+
+    def _loader(self, split: str, train: bool):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        instances = self.instances[split]
+        if split == "train" and self.streaming:
+            dataset = StreamedInstances(instances, shuffle_buffer=0, seed=self.seed)
+            return StatefulDataLoader(dataset, batch_size=self.batch_size,
+                                      collate_fn=self.collator, num_workers=self.num_workers)
+        dataset = InstanceDataset(instances, fixed_epoch=None if train else 0)
+        sampler = TaggedBatchSampler(
+            len(dataset), self.batch_size if train else self.eval_batch_size, shuffle=train,
+            # every process must take the same number of training steps
+            drop_last=train and distributed_rank_and_size()[1] > 1, seed=self.seed)
+        return StatefulDataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
+                                  num_workers=self.num_workers,
+                                  persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", train=False) if "validation" in self.instances else []
+
+
+def _sentences(documents) -> Iterator[str]:
+    import datasets
+    if isinstance(documents, datasets.Dataset):
+        for batch in documents.iter(batch_size=1000):
+            for sentences in batch["sentences"]:
+                yield from sentences
+    else:
+        yield from iter_sentences(documents)

@@ -1,0 +1,172 @@
+"""Sentence-pair instances for masked LM + next sentence prediction.
+
+Follows google-research/bert `create_pretraining_data.py` (`create_instances_from_document`,
+`truncate_seq_pair`): sentences of a document are gathered into a chunk until it reaches a target
+length (`max_seq_length` - 3, or with probability `short_seq_prob` a random length from 2, so
+that the model also sees short inputs); segment A is a random number of the chunk's whole
+sentences; segment B is the rest of the chunk (IsNext) or, with probability 0.5, a span of
+sentences from another document starting at a random sentence (NotNext), in which case the
+chunk's unused sentences go back to be used by the next instance. The longer segment is then
+trimmed, one token at a time from a random end, and the instance is
+`[CLS] A [SEP] B [SEP]` with token types 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`.
+
+Where this departs from google's code, and why:
+    - The target length is drawn for every chunk, not once per document, so `short_seq_prob` is
+      the fraction of instances that are short whatever the document lengths are; the pair is
+      trimmed to that target (google trims to the maximum, so its "short" instances of long
+      sentences are not short).
+    - A chunk always holds at least two sentences when the document has two left (a last,
+      lone sentence joins the chunk before it, and is not put back after a NotNext pair when it
+      would be left alone). Google's code turns every one-sentence chunk into a forced NotNext,
+      which pushes the IsNext rate below one half. A document of a single sentence still gives
+      one (NotNext) instance.
+    - The other document of a NotNext pair comes from a pool (`DocumentPool`): the whole corpus
+      for a map-style dataset (random access into Arrow), or the current block of a stream, so
+      that a streamed corpus needs memory for one block only. It is never the same document.
+    - Randomness is a pure function of (seed, duplicate, document index): each document has
+      its own generator, so instances do not depend on the order, the batching or the number
+      of processes that build them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+IS_NEXT, NOT_NEXT = 0, 1  # google-research/bert's labels: 0 = B follows A, 1 = B is random
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """How sentence-pair instances are made."""
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    next_sentence_prob: float = 0.5  # probability that B is the true continuation
+    seed: int = 12345
+    cls_id: int = 2
+    sep_id: int = 3
+
+    def __post_init__(self):
+        if self.max_seq_length < 5:
+            raise ValueError(f"data.max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP] with "
+                             f"one token each side), got {self.max_seq_length}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"data.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 <= self.next_sentence_prob <= 1.0:
+            raise ValueError(f"data.next_sentence_prob must be in [0, 1], "
+                             f"got {self.next_sentence_prob}")
+
+
+class DocumentPool:
+    """Where NotNext segments come from: `size` documents, addressed by a global index."""
+
+    def __init__(self, documents: Sequence[Sequence[Sequence[int]]], first_index: int = 0):
+        self.documents = documents
+        self.first_index = first_index
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def other(self, rng: np.random.Generator, exclude: int) -> tuple[int, Sequence[Sequence[int]]]:
+        """A random document whose global index is not `exclude` (uniform over the others)."""
+        size = len(self.documents)
+        local_exclude = exclude - self.first_index
+        if not 0 <= local_exclude < size:
+            local = int(rng.integers(size))
+        else:
+            local = int(rng.integers(size - 1))
+            local += local >= local_exclude  # skip the excluded one: uniform over the rest
+        return self.first_index + local, self.documents[local]
+
+
+def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_tokens: int,
+                  rng: np.random.Generator) -> None:
+    """Trim the longer segment, one token at a time from a random end, until both fit."""
+    while len(tokens_a) + len(tokens_b) > max_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def document_instances(document: Sequence[Sequence[int]], document_index: int,
+                       pool: DocumentPool, config: InstanceConfig,
+                       rng: np.random.Generator) -> list[dict]:
+    """All instances of one tokenized document (a list of sentences, each a list of ids)."""
+    max_tokens = config.max_seq_length - 3  # room for [CLS], [SEP], [SEP]
+    document = [s for s in document if len(s)]
+    instances: list[dict] = []
+    chunk: list[Sequence[int]] = []
+    chunk_length = 0
+    target = _target_length(max_tokens, config, rng)
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        last = i == len(document) - 1
+        # Close the chunk at the target, but never leave a lone sentence behind it, and never
+        # close a one-sentence chunk while the document has more (see the module docstring).
+        full = chunk_length >= target and (len(chunk) >= 2 or last) and i != len(document) - 2
+        if last or full:
+            a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
+            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+            if len(chunk) == 1 or rng.random() >= config.next_sentence_prob:
+                label = NOT_NEXT
+                b_index, other = pool.other(rng, exclude=document_index)
+                other = [s for s in other if len(s)]
+                tokens_b = []
+                start = int(rng.integers(len(other)))
+                for sentence in other[start:]:
+                    tokens_b.extend(sentence)
+                    if len(tokens_b) >= target - len(tokens_a):
+                        break
+                # The unused sentences go back to the document, unless that would leave one
+                # lone last sentence (a forced NotNext): it is dropped instead.
+                unused = len(chunk) - a_end
+                if len(document) - 1 - i + unused != 1:
+                    i -= unused
+            else:
+                label = IS_NEXT
+                b_index = document_index
+                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+            truncate_pair(tokens_a, tokens_b, target, rng)
+            input_ids = [config.cls_id, *tokens_a, config.sep_id, *tokens_b, config.sep_id]
+            token_type_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
+            instances.append({"input_ids": input_ids, "token_type_ids": token_type_ids,
+                              "nsp_label": label, "a_document": document_index,
+                              "b_document": b_index})
+            chunk, chunk_length = [], 0
+            target = _target_length(max_tokens, config, rng)
+        i += 1
+    return instances
+
+
+def _target_length(max_tokens: int, config: InstanceConfig, rng: np.random.Generator) -> int:
+    if rng.random() < config.short_seq_prob:
+        return int(rng.integers(2, max_tokens + 1))
+    return max_tokens
+
+
+def build_instances(batch: dict[str, list], indices: list[int], config: InstanceConfig,
+                    pool: DocumentPool | None = None, duplicates: int = 1) -> dict[str, list]:
+    """`datasets.map(batched=True, with_indices=True)` function: tokenized documents (column
+    `sentence_ids`) -> instances. Without `pool`, NotNext segments come from the batch itself
+    (a stream's block); each document's generator is seeded with (seed, duplicate, index)."""
+    documents = batch["sentence_ids"]
+    if pool is None:
+        pool = DocumentPool(documents, first_index=indices[0])
+        if len(pool) < 2:
+            raise ValueError("a block of the corpus holds a single document; next sentence "
+                             "prediction needs at least two (use a larger data.pool_size)")
+    out: dict[str, list] = {"input_ids": [], "token_type_ids": [], "nsp_label": [],
+                            "a_document": [], "b_document": []}
+    for duplicate in range(duplicates):
+        for document, index in zip(documents, indices):
+            rng = np.random.default_rng([config.seed, duplicate, index])
+            for instance in document_instances(document, index, pool, config, rng):
+                for key, value in instance.items():
+                    out[key].append(value)
+    return out

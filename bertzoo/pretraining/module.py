@@ -1,0 +1,192 @@
+"""`PretrainingModule`: BERT's pretraining objective as a LightningModule.
+
+Loss = masked-LM cross-entropy over the masked positions + next-sentence cross-entropy over the
+pairs (Devlin et al. 2018, Section 3.1 and Appendix A.2), computed by
+`bertzoo.model.BertForPreTraining`, which runs the MLM head on the masked positions only.
+Optimisation (AdamW without decay on biases and LayerNorm, linear warm-up then linear decay) is
+`bertzoo.training.BertModule`'s.
+
+Logged per stage (`train/`, `val/`), through torchmetrics so that they sync across devices:
+`mlm_loss` (mean over masked tokens), `perplexity` (exp of it), `mlm_accuracy`, `nsp_loss`,
+`nsp_accuracy`, and `mlm_majority_accuracy`: the accuracy of always predicting the most frequent
+masked token of that stage, the baseline `mlm_accuracy` is to be read against.
+
+Dropout randomness is re-seeded every training step from (seed, global step, rank): like the
+masking it is then a pure function of where training is, and a run resumed from a checkpoint
+draws the same dropout masks as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torchmetrics
+from torch import Tensor, nn
+
+from bertzoo.config import ConfigError
+from bertzoo.model import IGNORE_INDEX, BertForPreTraining
+from bertzoo.training import BertModule, build_encoder
+
+log = logging.getLogger("bertzoo")
+
+
+class Perplexity(torchmetrics.MeanMetric):
+    """exp(mean token cross-entropy), from per-batch mean losses weighted by token counts.
+
+    Equals `torchmetrics.text.Perplexity` on the same logits (tested) without a second softmax
+    over the vocabulary.
+    """
+
+    def compute(self) -> Tensor:
+        return torch.exp(super().compute())
+
+
+class MajorityAccuracy(torchmetrics.Metric):
+    """Accuracy of the constant prediction "the most frequent label seen": the baseline that an
+    MLM accuracy must beat to show the model learned more than token frequencies."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, labels: Tensor) -> None:
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+
+    def compute(self) -> Tensor:
+        return self.counts.max().float() / self.counts.sum().clamp(min=1)
+
+
+class PretrainingModule(BertModule):
+    """BERT pretraining: masked LM + next sentence prediction.
+
+    Args:
+        backbone: Start from this checkpoint (continued / domain-adaptive pretraining): a
+            bertzoo `.ckpt` or export, or a Hugging Face BERT folder; MLM/NSP heads it lacks are
+            initialised (the MLM decoder is the word-embedding matrix either way). Its tokenizer
+            is used for the data.
+        config: Instead of a backbone, a random BERT: a preset (tiny, mini, small, medium, base,
+            large) or a dict of BertConfig fields, optionally with `preset`.
+        vocab_size: Linked from the data module's tokenizer; not set by hand.
+        max_seq_length: Linked from the data module; checked against the position embeddings.
+        learning_rate: Peak AdamW learning rate (BERT: 1e-4 at batch 256).
+        weight_decay: Decoupled weight decay, none on biases and LayerNorm (BERT: 0.01).
+        warmup: Linear warm-up: a fraction of all steps if < 1, else a number of steps (BERT:
+            10,000); the rate then decays linearly to zero at the last step.
+        adam_epsilon: AdamW epsilon (BERT: 1e-6).
+        adam_betas: AdamW betas (BERT: 0.9, 0.999).
+        seed: Base of the per-step dropout seed (default: the run's `seed_everything`).
+    """
+
+    def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
+                 vocab_size: int | None = None, max_seq_length: int | None = None,
+                 learning_rate: float = 1e-4, weight_decay: float = 0.01, warmup: float = 10000,
+                 adam_epsilon: float = 1e-6, adam_betas: tuple[float, float] = (0.9, 0.999),
+                 seed: int | None = None):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
+                         adam_epsilon=adam_epsilon, adam_betas=adam_betas)
+        self.save_hyperparameters()
+        if backbone and config:
+            raise ConfigError("give either model.backbone (a checkpoint to continue pretraining "
+                              "from) or model.config (a preset for a new model), not both")
+        if backbone:
+            from bertzoo.checkpoint import load_pretraining_model
+            self.model = load_pretraining_model(backbone)
+            source = f"the backbone {backbone}"
+        else:
+            encoder = build_encoder(None, config, vocab_size)
+            self.model = BertForPreTraining(encoder.config, encoder=encoder)
+            source = "model.config"
+        bert = self.model.config
+        if vocab_size is not None and vocab_size != bert.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {vocab_size} tokens but {source} has vocab_size "
+                f"{bert.vocab_size}; they must match (drop vocab_size from model.config to take "
+                f"the tokenizer's, or use the backbone's own tokenizer)")
+        self.check_sequence_length(max_seq_length)
+        self.seed = seed
+        self.metrics = self.stage_metrics(torchmetrics.MetricCollection({
+            "mlm_loss": torchmetrics.MeanMetric(),
+            "perplexity": Perplexity(),
+            "mlm_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                num_classes=bert.vocab_size, average="micro"),
+            "mlm_majority_accuracy": MajorityAccuracy(bert.vocab_size),
+            "nsp_loss": torchmetrics.MeanMetric(),
+            "nsp_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                num_classes=2, average="micro"),
+        }, compute_groups=False))
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The BERT encoder (inside `self.model`, so its parameters have one name each)."""
+        return self.model.encoder
+
+    def check_sequence_length(self, max_seq_length: int | None) -> None:
+        limit = self.model.config.max_position_embeddings
+        if max_seq_length is not None and max_seq_length > limit:
+            raise ConfigError(f"data.max_seq_length ({max_seq_length}) exceeds the model's "
+                              f"max_position_embeddings ({limit}); lower it or build the model "
+                              f"with more positions")
+
+    # ------------------------------------------------------------------------------- hooks
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            self.check_sequence_length(getattr(datamodule, "max_seq_length", None))
+            vocab = getattr(datamodule, "vocab_size", None)
+            if vocab is not None and vocab != self.model.config.vocab_size:
+                raise ConfigError(f"the data's tokenizer has {vocab} tokens but the model has "
+                                  f"vocab_size {self.model.config.vocab_size}")
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            # Tiny gradients of the vocabulary softmax would otherwise turn denormal and slow
+            # the CPU matmuls many times over (see bertzoo.model.init_weights).
+            torch.set_flush_denormal(True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sequence = np.random.SeedSequence([seed, self.global_step, self.global_rank])
+        torch.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))
+
+    # ------------------------------------------------------------------------------- steps
+    def forward(self, batch: dict[str, Tensor]):
+        return self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                          mlm_labels=batch["mlm_labels"], nsp_labels=batch["nsp_labels"])
+
+    def _step(self, stage: str, batch: dict[str, Tensor]) -> Tensor:
+        out = self(batch)
+        metrics = self.metrics[stage]
+        masked = int(out.mlm_labels.numel())
+        batch_size = int(batch["input_ids"].shape[0])
+        mlm_loss, nsp_loss = out.mlm_loss.detach(), out.nsp_loss.detach()
+        call = (lambda metric, *args, **kw: metric(*args, **kw)) if stage == "train" else (
+            lambda metric, *args, **kw: metric.update(*args, **kw))
+        if masked:
+            call(metrics["mlm_loss"], mlm_loss, weight=masked)
+            call(metrics["perplexity"], mlm_loss, weight=masked)
+            call(metrics["mlm_accuracy"], out.mlm_logits.detach(), out.mlm_labels)
+            call(metrics["mlm_majority_accuracy"], out.mlm_labels)
+        call(metrics["nsp_loss"], nsp_loss, weight=batch_size)
+        call(metrics["nsp_accuracy"], out.nsp_logits.detach(), batch["nsp_labels"])
+        self.log_stage(stage, {"loss": out.loss.detach(), **metrics}, batch_size)
+        return out.loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step("train", batch)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step("test", batch)
+
+
+__all__ = ["PretrainingModule", "Perplexity", "MajorityAccuracy", "IGNORE_INDEX"]
