@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,35 @@ def latest_checkpoint(save_dir: str, name: str) -> tuple[Path, int]:
     return path, int(path.parent.parent.name.split("_", 1)[1])
 
 
+def _best_checkpoint_class():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class BestCheckpoint(ModelCheckpoint):
+        """`ModelCheckpoint` whose monitored metric a module may choose for itself
+        (`checkpoint_monitor`, e.g. Pearson instead of accuracy for a regression task)."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            chosen = getattr(pl_module, "checkpoint_monitor", None)
+            if chosen and tuple(chosen) != (self.monitor, self.mode):
+                self.monitor, self.mode = chosen
+                self.kth_value = torch_inf(self.mode)
+            super().setup(trainer, pl_module, stage)
+
+    return BestCheckpoint
+
+
+def torch_inf(mode: str):
+    import torch
+    return torch.tensor(float("inf") if mode == "min" else float("-inf"))
+
+
 def trainer_defaults(name: str, version: int, monitor: str, mode: str,
                      extra_callbacks: tuple = ()) -> dict[str, Any]:
     """The Trainer setup every bertzoo run shares; any of it can be overridden by a recipe."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from bertzoo.training import TokensPerSecond
-    logger_args = {"save_dir": RUNS_DIR, "name": name, "version": f"version_{version}"}
+    logger_args = {"save_dir": RUNS_DIR, "name": name, "version": version}  # -> version_<n>
     loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger_args}]
     try:
         import tensorboard  # noqa: F401
@@ -66,8 +89,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
         pass
     callbacks = [
         *extra_callbacks,
-        ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
-                        filename="best-{step}", auto_insert_metric_name=False),
+        _best_checkpoint_class()(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
+                                 filename="best-{step}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
         TokensPerSecond(),
     ]
@@ -89,15 +112,19 @@ def _lightning_cli_class():
         """LightningCLI with bertzoo's links between the data module and the model."""
 
         def __init__(self, *args, links: tuple[str, ...] = (), task_name: str | None = None,
-                     **kwargs):
+                     task_argument: bool = False, **kwargs):
             self.links = links
             self.task_name = task_name
+            self.task_argument = task_argument or task_name is not None
             super().__init__(*args, **kwargs)
 
         def add_arguments_to_parser(self, parser) -> None:
-            if self.task_name is not None:
+            if self.task_argument:
+                # Read by bertzoo before parsing (it picks the classes); declared so that a
+                # recipe may say `task: NAME` and `--help` lists it.
                 parser.add_argument("--task", type=str | None, default=self.task_name,
-                                    help="Registered task name (see `bertzoo tasks`).")
+                                    help="Registered task name (see `bertzoo tasks`); a recipe "
+                                         "may name it instead with `task: NAME`.")
             for name in self.links:
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}"
                                       if self.subclass_mode_model else f"model.{name}",
@@ -106,6 +133,12 @@ def _lightning_cli_class():
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             fill_from_checkpoint(config, self.subclass_mode_model)
+            if config.trainer.get("enable_progress_bar") is False:
+                # Lightning refuses a progress bar callback when the bar is switched off.
+                from lightning.pytorch.callbacks import ProgressBar
+                self.trainer_defaults["callbacks"] = [
+                    c for c in self.trainer_defaults.get("callbacks", [])
+                    if not isinstance(c, ProgressBar)]
 
     return BertzooCLI
 
@@ -143,15 +176,19 @@ def fill_from_checkpoint(config, subclass_mode: bool = False) -> None:
 def run_lightning_cli(command: str, args: list[str], module_class, datamodule_class,
                       run_name: str, monitor: str, monitor_mode: str,
                       links: tuple[str, ...] = (), task_name: str | None = None,
-                      subclass_mode: bool = False):
+                      subclass_mode: bool = False, task_argument: bool = False):
     """Run one LightningCLI subcommand with bertzoo's Trainer defaults and run folder."""
     args = list(args)
-    version = int(os.environ.get("BERTZOO_RUN_VERSION", next_version(RUNS_DIR, run_name)))
+    # Set by the first process of a DDP run for the workers Lightning starts: same folder.
+    inherited_version = os.environ.get("BERTZOO_RUN_VERSION")
+    version = int(inherited_version or next_version(RUNS_DIR, run_name))
     if "--ckpt_path" in args or any(a.startswith("--ckpt_path=") for a in args):
         value_at = next(i for i, a in enumerate(args) if a.startswith("--ckpt_path"))
         value = args[value_at].split("=", 1)[1] if "=" in args[value_at] else args[value_at + 1]
         if value == "last":
-            path, version = latest_checkpoint(RUNS_DIR, run_name)
+            path, last_version = latest_checkpoint(RUNS_DIR, run_name)
+            if command == "fit":  # resuming continues in that run's folder
+                version = last_version
             if "=" in args[value_at]:
                 args[value_at] = f"--ckpt_path={path}"
             else:
@@ -162,15 +199,22 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
         from bertzoo.tasks.base import PredictionWriter
         extra_callbacks = (PredictionWriter(),)
     cli_class = _lightning_cli_class()
-    return cli_class(
-        module_class, datamodule_class, args=[command, *args], links=links,
-        task_name=task_name, subclass_mode_model=subclass_mode,
-        subclass_mode_data=subclass_mode,
-        trainer_defaults=trainer_defaults(run_name, version, monitor, monitor_mode,
-                                          extra_callbacks),
-        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-        parser_kwargs={"default_env": False},
-    )
+    try:
+        # LightningCLI warns when given `args` while sys.argv holds arguments: bertzoo passes
+        # the arguments it has read (without --task) on purpose.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return cli_class(
+            module_class, datamodule_class, args=[command, *args], links=links,
+            task_name=task_name, task_argument=task_argument,
+            subclass_mode_model=subclass_mode, subclass_mode_data=subclass_mode,
+            trainer_defaults=trainer_defaults(run_name, version, monitor, monitor_mode,
+                                              extra_callbacks),
+            save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+            parser_kwargs={"default_env": False},
+        )
+    finally:
+        if inherited_version is None:  # the next run in this process gets its own folder
+            os.environ.pop("BERTZOO_RUN_VERSION", None)
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -210,9 +254,29 @@ def cmd_pretrain(args: list[str]):
                              links=PretrainingDataModule.model_links)
 
 
-def task_from_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """The task name from `--task NAME` on the command line or `task:` in a --config YAML."""
+def _config_paths(args: list[str]) -> list[tuple[int, Path]]:
+    """(position, path) of every `--config` given on the command line."""
+    found = []
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--config" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if value:
+            found.append((i, Path(value)))
+    return found
+
+
+def _read_yaml(path: Path) -> dict:
     import yaml
+    if not path.is_file():
+        return {}  # jsonargparse reports a missing --config file itself
+    loaded = yaml.safe_load(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def task_from_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The task name from `--task NAME` on the command line or `task:` in a --config YAML
+    (the last one naming a task), and the arguments without `--task`."""
+    from bertzoo.tasks.registry import TaskError
     rest, name = [], None
     i = 0
     while i < len(args):
@@ -225,31 +289,116 @@ def task_from_args(args: list[str]) -> tuple[str | None, list[str]]:
         else:
             rest.append(args[i])
         i += 1
-    if name is None:
-        for i, arg in enumerate(rest):
-            path = rest[i + 1] if arg == "--config" and i + 1 < len(rest) else (
-                arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-            if path and Path(path).is_file():
-                loaded = yaml.safe_load(Path(path).read_text()) or {}
-                if isinstance(loaded, dict) and loaded.get("task"):
-                    name = loaded["task"]
-    return name, rest
+    recipe_task, recipe = None, None
+    for _, path in _config_paths(rest):
+        if _read_yaml(path).get("task"):
+            recipe_task, recipe = str(_read_yaml(path)["task"]), path
+    if name is not None and recipe_task is not None and name != recipe_task:
+        raise TaskError(f"--task {name} conflicts with {recipe}, a recipe for task "
+                        f"{recipe_task!r}")
+    return name or recipe_task, rest
+
+
+def class_path_from_args(args: list[str], key: str) -> str | None:
+    """The class named for `key` ("model" or "data") by the --config files and the command
+    line, in the order jsonargparse applies them (a later one wins)."""
+    import yaml
+    configs = dict(_config_paths(args))
+    found = None
+    for i, arg in enumerate(args):
+        value = None
+        if i in configs:
+            section = _read_yaml(configs[i]).get(key)
+            value = section.get("class_path") if isinstance(section, dict) else section
+        elif arg in (f"--{key}", f"--{key}.class_path") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith((f"--{key}=", f"--{key}.class_path=")):
+            value = arg.split("=", 1)[1]
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            loaded = yaml.safe_load(value)  # --model '{"class_path": ..., "init_args": ...}'
+            value = loaded.get("class_path") if isinstance(loaded, dict) else None
+        if isinstance(value, str) and value:
+            found = value
+    return found
+
+
+def resolve_class(path: str | None):
+    """The class a `class_path` names: a dotted path, or a short name of a registered task's
+    class. None when it cannot be found (jsonargparse then reports it)."""
+    import importlib
+
+    from bertzoo.tasks.registry import list_tasks
+    if not path:
+        return None
+    if "." in path:
+        module_name, _, name = path.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            return None
+    for task in list_tasks():
+        for cls in (task.spec.module, task.spec.datamodule) if task.spec else ():
+            if cls.__name__ == path:
+                return cls
+    return None
+
+
+def init_parameters(cls) -> set[str]:
+    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes' __init__."""
+    import inspect
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def check_links(links: tuple[str, ...], module_class, datamodule_class) -> None:
+    """jsonargparse silently drops a link whose target the model lacks; make it an error."""
+    from bertzoo.tasks.registry import TaskError
+    accepted = init_parameters(module_class)
+    for name in links:
+        if not (hasattr(datamodule_class, name) or name in init_parameters(datamodule_class)):
+            raise TaskError(f"{datamodule_class.__qualname__}.model_links names {name!r}, "
+                            f"which the data module does not have")
+        if name not in accepted:
+            raise TaskError(f"{datamodule_class.__qualname__} provides {name!r} for the model, "
+                            f"but {module_class.__qualname__} takes no {name!r} argument")
 
 
 def cmd_task(command: str, args: list[str]):
     from bertzoo.tasks.base import TaskDataModule, TaskModule
     from bertzoo.tasks.registry import get_task, list_tasks
     name, rest = task_from_args(args)
-    if name is None:
-        # A recipe naming full class paths: import every task so short names resolve too.
-        list_tasks()
-        return run_lightning_cli(command, rest, TaskModule, TaskDataModule, run_name="task",
-                                 monitor="val/loss", monitor_mode="min", subclass_mode=True,
-                                 links=("vocab_size",))
-    spec = get_task(name)
-    return run_lightning_cli(command, rest, spec.module, spec.datamodule, run_name=name,
-                             monitor=spec.monitor, monitor_mode=spec.monitor_mode,
-                             links=spec.datamodule.model_links, task_name=name)
+    if name is not None:
+        spec = get_task(name)
+        links = tuple(spec.datamodule.model_links)
+        check_links(links, spec.module, spec.datamodule)
+        return run_lightning_cli(command, rest, spec.module, spec.datamodule, run_name=name,
+                                 monitor=spec.monitor, monitor_mode=spec.monitor_mode,
+                                 links=links, task_name=name)
+    # No task name: `model` and `data` are given by class_path (subclass mode). Loading every
+    # task first lets jsonargparse resolve their short class names too.
+    list_tasks()
+    module_class = resolve_class(class_path_from_args(rest, "model"))
+    datamodule_class = resolve_class(class_path_from_args(rest, "data"))
+    spec = next((t.spec for t in list_tasks() if t.spec and module_class
+                 and issubclass(module_class, t.spec.module)), None)
+    datamodule_class = datamodule_class or (spec.datamodule if spec else None)
+    links: tuple[str, ...] = ("vocab_size",)
+    if module_class is not None and datamodule_class is not None:
+        links = tuple(datamodule_class.model_links)
+        check_links(links, module_class, datamodule_class)
+    return run_lightning_cli(command, rest, TaskModule, TaskDataModule,
+                             run_name=spec.name if spec else "task",
+                             monitor=spec.monitor if spec else "val/loss",
+                             monitor_mode=spec.monitor_mode if spec else "min",
+                             subclass_mode=True, links=links, task_argument=True)
 
 
 COMMANDS = {
@@ -266,14 +415,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage:\n{USAGE}")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command in TASK_COMMANDS:
-        cmd_task(command, rest)
-        return 0
-    if command not in COMMANDS:
+    if command not in COMMANDS and command not in TASK_COMMANDS:
         print(f"bertzoo: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
         return 2
-    result = COMMANDS[command](rest)
-    return result if isinstance(result, int) else 0
+    try:
+        if command in TASK_COMMANDS:
+            cmd_task(command, rest)
+            return 0
+        result = COMMANDS[command](rest)
+        return result if isinstance(result, int) else 0
+    except user_errors() as err:
+        if os.environ.get("BERTZOO_TRACEBACK"):
+            raise
+        # Bad input, explained by the message itself: no traceback (BERTZOO_TRACEBACK=1 shows it).
+        print(f"bertzoo {command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report bad input (their message says what and where), not bugs."""
+    from bertzoo.checkpoint import CheckpointError
+    from bertzoo.config import ConfigError
+    from bertzoo.tasks.registry import TaskError
+    from bertzoo.tokenizer import TokenizerError
+    errors: list[type[BaseException]] = [CheckpointError, ConfigError, TaskError,
+                                         TokenizerError, FileNotFoundError]
+    if "bertzoo.tasks.base" in sys.modules:
+        errors.append(sys.modules["bertzoo.tasks.base"].DataError)
+    return tuple(errors)
 
 
 if __name__ == "__main__":

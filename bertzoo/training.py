@@ -41,7 +41,9 @@ def build_encoder(backbone: str | None, config: str | dict[str, Any] | None,
         raise ConfigError("give either model.backbone (a checkpoint to start from) or "
                           "model.config (a preset for random initialisation), not both")
     if backbone:
-        encoder = BertEncoder.from_pretrained(backbone)
+        # from_pretrained returns an inference-ready (eval) module; Lightning keeps each
+        # submodule's mode, so without .train() dropout would stay off while fine-tuning.
+        encoder = BertEncoder.from_pretrained(backbone).train()
         if vocab_size is not None and vocab_size != encoder.config.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {vocab_size} tokens but the backbone {backbone} embeds "
@@ -105,6 +107,19 @@ def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
 
 
 # ------------------------------------------------------------------------------ base module
+class StageMetrics(nn.ModuleDict):
+    """One clone of a `MetricCollection` per stage, looked up as `metrics["train"]`, "val",
+    "test", each logging under "<stage>/<name>". (nn.Module has a `train` method, so the
+    clones are registered as "train_metrics", ... .)"""
+
+    def __init__(self, collection):
+        super().__init__({f"{stage}_metrics": collection.clone(prefix=f"{stage}/")
+                          for stage in ("train", "val", "test")})
+
+    def __getitem__(self, stage: str):
+        return super().__getitem__(f"{stage}_metrics")
+
+
 class BertModule(L.LightningModule):
     """Base of every bertzoo LightningModule.
 
@@ -130,9 +145,8 @@ class BertModule(L.LightningModule):
 
     # -- metrics: one MetricCollection per stage, logged under "<stage>/<name>" everywhere
     @staticmethod
-    def stage_metrics(collection) -> nn.ModuleDict:
-        return nn.ModuleDict({stage: collection.clone(prefix=f"{stage}/")
-                              for stage in ("train", "val", "test")})
+    def stage_metrics(collection) -> "StageMetrics":
+        return StageMetrics(collection)
 
     def log_stage(self, stage: str, values: dict[str, Any], batch_size: int) -> None:
         """Log loss tensors and updated Metric objects the same way in every stage: per step in

@@ -15,6 +15,17 @@ or random initialisation from a preset, AdamW with warm-up/decay and optional la
 learning-rate decay, metric logging under the same names in every stage (synced across devices
 by torchmetrics), reading CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with
 a cached `datasets.map`, length-grouped batching with dynamic padding, and prediction writing.
+
+Optional hooks (all have defaults; added after the first version, nothing was renamed):
+    TaskDataModule.encode(texts, pairs)   truncating BERT encoding of single texts or pairs
+    TaskDataModule.location(split, row)   "file, line N" for error messages (follows
+                                          `max_train_samples` back to the file's line)
+    TaskDataModule.lengths(split)         per-row lengths for length-grouped batching
+                                          (default: len(input_ids)); override when a row
+                                          holds several sequences (multiple choice)
+    TaskModule.checkpoint_monitor         (metric, "min"|"max") when the metric the best
+                                          checkpoint is chosen by depends on the
+                                          configuration (default: the TaskSpec's monitor)
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import csv
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +74,8 @@ class TaskModule(BertModule):
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
     train_metrics: ClassVar[bool] = True
+    #: (metric, mode) the best checkpoint is chosen by, when it differs from the TaskSpec's.
+    checkpoint_monitor: tuple[str, str] | None = None
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
                  vocab_size: int | None = None, head_dropout: float = 0.1,
@@ -215,7 +229,9 @@ class TaskDataModule(L.LightningDataModule):
         self.num_proc = num_proc
         self.seed = seed
         self._tokenizer = None
+        self._truncating_tokenizer = None
         self._raw: dict[str, Any] = {}
+        self._sampled_rows: dict[str, list[int]] = {}  # split -> file row of each kept row
         self.datasets: dict[str, Any] = {}
 
     # -- tokenizer
@@ -268,6 +284,8 @@ class TaskDataModule(L.LightningDataModule):
         if path:
             if not Path(path).is_file():
                 raise DataError(f"data.{split}_file: no such file: {path}")
+            if Path(path).stat().st_size == 0:
+                raise DataError(f"{path} is empty (data.{split}_file)")
             dataset = self.read_file(path)
         elif self.dataset_name is not None:
             import datasets
@@ -277,36 +295,67 @@ class TaskDataModule(L.LightningDataModule):
             dataset = datasets.load_dataset(self.dataset_name, self.dataset_config, split=hf_split)
         else:
             raise DataError(f"no {split} data: set data.{split}_file or data.dataset")
+        dataset = self.select_rows(dataset, split)
         if len(dataset) == 0:
             raise DataError(f"{self.source(split)} has no rows (empty or header only)")
-        if split == "train" and self.max_train_samples is not None:
-            dataset = dataset.shuffle(seed=self.seed).select(
-                range(min(self.max_train_samples, len(dataset))))
+        if split == "train" and self.max_train_samples is not None \
+                and self.max_train_samples < len(dataset):
+            import numpy as np
+            rows = np.random.default_rng(self.seed).permutation(len(dataset))
+            rows = rows[: self.max_train_samples].tolist()
+            self._sampled_rows[split] = rows
+            dataset = dataset.select(rows)
         return dataset
+
+    def select_rows(self, dataset, split: str):
+        """The part of a split's data to use, chosen before `max_train_samples` draws from it
+        (e.g. QA's article ranges of one SQuAD file). Default: all of it."""
+        return dataset
+
+    def location(self, split: str, row: int) -> str:
+        """Where row `row` of a split came from, for error messages: "file, line N" (files
+        with a header line count it), or "dataset[split] row N"."""
+        row = self._sampled_rows[split][row] if split in self._sampled_rows else row
+        path = self.files.get(split)
+        if not path:
+            return f"{self.source(split)} row {row}"
+        header = 1 if Path(path).suffix.lower() in (".csv", ".tsv") else 0
+        return f"{path}, line {row + 1 + header}"
 
     def read_file(self, path: str):
         """A local file as a `datasets.Dataset` (cached as Arrow by `datasets`)."""
         import datasets
         suffix = Path(path).suffix.lower()
         if suffix in (".csv", ".tsv"):
-            dataset = datasets.load_dataset(
-                "csv", data_files=str(path), split="train",
+            builder, options = "csv", dict(
                 delimiter="\t" if suffix == ".tsv" else ",",
                 # GLUE's TSVs are not quoted: a quote character is text, not a delimiter.
                 quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
                 keep_default_na=False)
         elif suffix in (".jsonl", ".json"):
-            dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+            builder, options = "json", {}
         else:
             raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of "
                             f"{', '.join(self.file_formats)}")
-        return dataset
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train",
+                                         **options)
+        except Exception as err:  # datasets wraps the parser's error; show the parser's
+            cause = err
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            raise DataError(f"{path} is not valid {suffix[1:].upper()}: "
+                            f"{type(cause).__name__}: {cause}") from err
 
     @staticmethod
     def require_columns(dataset, columns: list[str], source: str) -> None:
         missing = [c for c in columns if c not in dataset.column_names]
         if missing:
-            raise DataError(f"{source}: missing column(s) {missing}; found "
+            import difflib
+            hints = [f"{c!r} (did you mean {close[0]!r}?)" if (
+                close := difflib.get_close_matches(c, dataset.column_names, n=1)) else repr(c)
+                     for c in missing]
+            raise DataError(f"{source}: missing column(s) {', '.join(hints)}; the file has "
                             f"{dataset.column_names}")
 
     # -- tokenizing (once, cached by datasets)
@@ -315,6 +364,21 @@ class TaskDataModule(L.LightningDataModule):
         column(s) and `index` (the input row). Implemented by each task, usually as
         `self.map(dataset, function, split, ...)`."""
         raise NotImplementedError
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, list]:
+        """BERT inputs for single texts or text pairs: [CLS] a [SEP] (b [SEP]), truncated to
+        `max_length` longest-first (the side that is longer loses tokens), no padding."""
+        if self._truncating_tokenizer is None:
+            from tokenizers import Tokenizer
+            # A copy: truncation is state of a tokenizers.Tokenizer, and the model saves
+            # `self.tokenizer` into its checkpoint.
+            self._truncating_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+            self._truncating_tokenizer.enable_truncation(self.max_length,
+                                                         strategy="longest_first")
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encodings = self._truncating_tokenizer.encode_batch(inputs)
+        return {"input_ids": [e.ids for e in encodings],
+                "token_type_ids": [e.type_ids for e in encodings]}
 
     def fingerprint_parts(self) -> tuple:
         """Everything besides the input data that changes preprocessing's result."""
@@ -367,16 +431,22 @@ class TaskDataModule(L.LightningDataModule):
                 batch[key] = values
         return batch
 
+    def lengths(self, split: str) -> list[int]:
+        """Length of each preprocessed row, for length-grouped batching."""
+        return [len(ids) for ids in self.datasets[split]["input_ids"]]
+
     def _loader(self, split: str, train: bool):
         from torch.utils.data import DataLoader
         dataset = self.datasets[split]
-        lengths = [len(ids) for ids in dataset["input_ids"]] if self.group_by_length else None
+        lengths = self.lengths(split) if self.group_by_length else None
         sampler = BatchSampler(len(dataset), self.batch_size if train else self.eval_batch_size,
                                shuffle=train, lengths=lengths,
                                group_by_length=self.group_by_length,
                                # every process must take the same number of training steps
                                drop_last=train and distributed_rank_and_size()[1] > 1,
                                seed=self.seed)
+        if split == "predict":
+            sampler = _PredictionBatches(sampler)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate,
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
@@ -395,6 +465,26 @@ class TaskDataModule(L.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------ predictions
+class _PredictionBatches:
+    """A `BatchSampler` seen through a narrower interface. For prediction Lightning rebuilds
+    any batch sampler that has `batch_size` and `drop_last` as if it were PyTorch's, with a
+    sequential sampler in place of ours; without them it keeps ours (order by length, this
+    process's share of the rows) and only records the indices it yields."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler "
+                        r"`_PredictionBatches` for prediction")
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     from bertzoo.checkpoint import atomic_write
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,12 @@ class TaskSpec:
         module: The `bertzoo.tasks.TaskModule` subclass (the LightningModule).
         datamodule: The `bertzoo.tasks.TaskDataModule` subclass.
         example_data: `example_data(folder) -> dict` writes a few rows of valid data into
-            `folder` and returns the datamodule arguments that read them. The generated tests
-            (tests/test_registered_tasks.py) run every task through it.
+            `folder` and returns the datamodule arguments that read them (at least
+            `train_file` and `validation_file`; `predict_file` if prediction reads another
+            format). The generated tests (tests/test_registered_tasks.py) run every task
+            through it. It may also take a keyword `like`: a recipe's `data:` section, whose
+            layout (column names, file format) the rows should then follow
+            (tests/test_recipes.py passes it when it is accepted).
         recipe: Path of a default recipe YAML, if the task ships one.
         monitor: Metric the checkpoint callback watches, e.g. "val/accuracy".
         monitor_mode: "max" or "min" for `monitor`.
@@ -144,12 +149,22 @@ class TaskRegistry:
 
     # -- in-process registration (notebooks, tests); same validation and duplicate rules
     def register(self, spec: TaskSpec, distribution: str = "<in-process>") -> None:
+        """Add `spec`; a name already taken is an error that leaves the registered task as
+        it was."""
+        if not isinstance(spec, TaskSpec):
+            raise TypeError(f"register() takes a bertzoo.tasks.TaskSpec, got "
+                            f"{type(spec).__name__}")
         spec.validate()
-        self._discover()
-        self._add(RegisteredTask(name=spec.name, value=f"{spec.module.__module__}",
-                                 distribution=distribution, version="", spec=spec))
-        if spec.name in self._duplicates:
-            raise TaskError(self._tasks[spec.name].error)
+        existing = self._discover().get(spec.name)
+        if existing is not None:
+            if existing.spec is spec:
+                return  # registering the same spec again adds nothing
+            raise TaskError(f"duplicate task name {spec.name!r}: registered by "
+                            f"{existing.distribution} ({existing.value}) and {distribution} "
+                            f"({spec.module.__module__})")
+        self._tasks[spec.name] = RegisteredTask(
+            name=spec.name, value=f"{spec.module.__module__}:{spec.module.__qualname__}",
+            distribution=distribution, version="", spec=spec)
 
     # -- loading
     def _load(self, task: RegisteredTask) -> RegisteredTask:
@@ -157,10 +172,10 @@ class TaskRegistry:
             return task
         try:
             spec = task._entry_point.load()
-            if callable(spec) and not isinstance(spec, TaskSpec):
-                spec = spec()  # an entry point may name a factory returning the spec
+            if inspect.isfunction(spec):
+                spec = spec()  # an entry point may name a function that returns the spec
             if not isinstance(spec, TaskSpec):
-                raise TypeError(f"{task.value} is a {type(spec).__name__}, expected a "
+                raise TypeError(f"{task.value} is {_describe(spec)}, expected a "
                                 f"bertzoo.tasks.TaskSpec")
             spec.validate(task.name)
             task.spec = spec
@@ -169,8 +184,13 @@ class TaskRegistry:
         return task
 
     def list(self) -> list[RegisteredTask]:
-        """Every registered task, loaded, sorted by name; broken ones carry their reason."""
-        return [self._load(t) for _, t in sorted(self._discover().items())]
+        """Every registered task, loaded, sorted by name; broken ones carry their reason. A
+        duplicated name is listed once per distribution that registers it."""
+        tasks = self._discover()
+        listed = []
+        for name in sorted(tasks):
+            listed += self._duplicates.get(name, [tasks[name]])
+        return [self._load(t) for t in listed]
 
     def names(self) -> list[str]:
         return sorted(self._discover())
@@ -191,6 +211,12 @@ class TaskRegistry:
     def reset(self) -> None:
         self._tasks = None
         self._duplicates = {}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    return f"a {type(value).__name__}"
 
 
 REGISTRY = TaskRegistry()
