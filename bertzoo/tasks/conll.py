@@ -59,7 +59,7 @@ def tag_problem(tag: str, scheme: str) -> str | None:
     prefix, entity_type = split_tag(tag)
     prefixes = SCHEME_PREFIXES[scheme]
     if prefix not in prefixes or not entity_type:
-        return (f"tag {tag!r} is not a {scheme} tag; expected 'O' or "
+        return (f"tag {tag!r} is not a valid {scheme} tag; expected 'O' or "
                 f"{'/'.join(p + '-' for p in prefixes)} followed by an entity type "
                 f"(e.g. {prefixes[0]}-person)")
     return None

@@ -50,7 +50,8 @@ JSON_SUFFIXES = (".json", ".jsonl")
 def plan_windows(piece_counts: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
     """Word ranges [start, end) of the windows covering a sentence whose words have
     `piece_counts` pieces: each window holds at most `budget` pieces, and the next one starts
-    as far back as keeps the overlap within `stride` pieces (always at least one word on)."""
+    as far back as keeps the overlap within `stride` pieces (always at least one word on, and
+    always reaching past the previous window's end)."""
     windows: list[tuple[int, int]] = []
     start, num_words = 0, len(piece_counts)
     while True:
@@ -61,8 +62,9 @@ def plan_windows(piece_counts: list[int], budget: int, stride: int) -> list[tupl
         windows.append((start, end))
         if end == num_words:
             return windows
-        next_start, overlap = end, 0
-        while next_start - 1 > start and overlap + piece_counts[next_start - 1] <= stride:
+        # Overlap up to `stride` pieces, leaving room for the word that did not fit.
+        limit, next_start, overlap = min(stride, budget - piece_counts[end]), end, 0
+        while next_start - 1 > start and overlap + piece_counts[next_start - 1] <= limit:
             next_start -= 1
             overlap += piece_counts[next_start]
         start = next_start
