@@ -84,17 +84,23 @@ class SquadDataModule(TaskDataModule):
         self.articles = {"train": train_articles, "validation": validation_articles,
                          "test": test_articles, "predict": predict_articles}
         for split, selection in self.articles.items():
-            if selection is not None:
-                squad.parse_articles(selection)  # a malformed range fails now, not mid-run
+            if selection is not None:  # a malformed range fails now, not mid-run
+                try:
+                    squad.parse_articles(selection)
+                except squad.SquadError as err:
+                    raise DataError(f"data.{split}_articles: {err}") from None
         self._references: dict[str, squad.SquadReferences] = {}
 
     # -- reading
     def read_file(self, path: str):
         suffix = Path(path).suffix.lower()
         if suffix == ".json":
-            data = squad.load_json(path)
-            if squad.is_squad_layout(data):
-                return squad.read_squad_json(path, data)
+            try:
+                data = squad.load_json(path)
+                if squad.is_squad_layout(data):
+                    return squad.read_squad_json(path, data)
+            except squad.SquadError as err:
+                raise DataError(str(err)) from None
         elif suffix != ".jsonl":
             raise DataError(f"{path}: unsupported file type {suffix!r}; expected a SQuAD .json "
                             f"file or .jsonl rows with the columns {SQUAD_COLUMNS}")
@@ -104,7 +110,10 @@ class SquadDataModule(TaskDataModule):
         selection = self.articles.get(split)
         if selection is None:
             return dataset
-        return squad.select_articles(dataset, selection, self.source(split))
+        try:
+            return squad.select_articles(dataset, selection, self.source(split))
+        except squad.SquadError as err:
+            raise DataError(str(err)) from None
 
     def references(self, split: str) -> squad.SquadReferences:
         """Ids, contexts and gold answers of a split's questions, by row (for scoring and for

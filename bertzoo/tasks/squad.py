@@ -446,9 +446,8 @@ def squad_scores(predictions: dict[str, str], gold_answers: dict[str, Sequence[s
         gold = gold_answers[question_id]
         scores = example_scores(prediction, gold, version_2_with_negative)
         groups[""].append(scores)
-        if version_2_with_negative:
-            has_answer = any(_normalize_text(g) for g in gold)
-            groups["HasAns_" if has_answer else "NoAns_"].append(scores)
+        if version_2_with_negative:  # evaluate-v2.0.py: HasAns = the answers list is not empty
+            groups["HasAns_" if len(gold) else "NoAns_"].append(scores)
     result = {}
     for prefix, scores in groups.items():
         if prefix and not version_2_with_negative:
