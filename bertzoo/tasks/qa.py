@@ -299,7 +299,7 @@ def example_data(folder: Path) -> dict[str, Any]:
     path.write_text(json.dumps({"version": "1.1", "data": articles}))
     return {"train_file": str(path), "validation_file": str(path), "test_file": str(path),
             "predict_file": str(path), "validation_articles": "1", "test_articles": "1",
-            "max_length": 48, "doc_stride": 16, "batch_size": 4}
+            "max_length": 48, "doc_stride": 16}
 
 
 TASK = TaskSpec(
