@@ -1,0 +1,572 @@
+"""`bertzoo bench`: bertzoo against Hugging Face transformers, side by side in one process.
+
+Both implementations get the same configuration, the same weights (copied through
+`bertzoo.checkpoint`), the same batches, the same dropout (train mode, the config's rates) and
+the same optimizer (AdamW); steps alternate between them so that a noisy machine slows both
+alike, and the table reports medians of the timed steps and their ratio (ours / transformers in
+tokens per second: > 1 means bertzoo is faster). Tokens are real (non-padding) tokens.
+
+Rows:
+    pretrain    a full MLM + NSP training step (forward, backward, optimizer), BERT-base and
+                BERT-mini at T = 128: full rows, and realistic rows drawn from bertzoo's own
+                NSP instance builder on the embedded corpus (short_seq_prob 0.1, document ends)
+    finetune    a classification training step at SST-2 lengths (batch 32): against
+                transformers padded to 128 (run_glue's default) and with dynamic padding
+    inference   a classification forward pass at SST-2 lengths, no gradients
+    memory      peak resident memory of a BERT-base pretraining step, each implementation in a
+                fresh process (CUDA: peak allocated memory)
+    flops       achieved GFLOP/s of the BERT-base full-row pretraining step (model FLOPs: what
+                the step needs, MLM head on masked rows only) against a matmul ceiling measured
+                in the same run
+    pipeline    the data pipeline (tokenize + NSP instances + dynamic masking) in tokens per
+                second, against the rate at which BERT-mini consumes tokens
+
+transformers is needed only here (`pip install transformers`); bertzoo itself never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertzoo.checkpoint import to_hf_state_dict
+from bertzoo.config import BertConfig
+from bertzoo.model import IGNORE_INDEX, BertForPreTraining
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    ours: float  # tokens/s (or the section's unit)
+    reference: float | None
+    unit: str = "tok/s"
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference is None or not self.reference:
+            return None
+        return self.ours / self.reference if self.unit != "MB" else self.reference / self.ours
+
+
+# ------------------------------------------------------------------------------ helpers
+def _transformers():
+    try:
+        import transformers
+    except ImportError as err:
+        raise SystemExit("bertzoo bench compares against Hugging Face transformers: "
+                         "pip install transformers") from err
+    return transformers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int,
+                     device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round-robin."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def hf_config(config: BertConfig):
+    values = {k: v for k, v in config.to_hf().items() if k != "architectures"}
+    return _transformers().BertConfig(**values, attn_implementation="sdpa")
+
+
+def paired_pretraining_models(config: BertConfig, device: torch.device):
+    torch.manual_seed(0)
+    ours = BertForPreTraining(config)
+    reference = _transformers().BertForPreTraining(hf_config(config))
+    missing, unexpected = reference.load_state_dict(to_hf_state_dict(
+        {**{k: v for k, v in ours.encoder.state_dict().items()},
+         **{f"mlm_head.{k}": v for k, v in ours.mlm_head.state_dict().items()},
+         **{f"nsp_head.{k}": v for k, v in ours.nsp_head.state_dict().items()}}), strict=False)
+    assert not unexpected and all("decoder" in k or "position_ids" in k for k in missing), \
+        (missing, unexpected)
+    return ours.to(device).train(), reference.to(device).train()
+
+
+def optimizer_for(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer both sides use: AdamW (fused kernel where PyTorch has one)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01,
+                             fused=device.type in ("cpu", "cuda"))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- batches
+def full_rows(config: BertConfig, batch_size: int, seq_len: int, seed: int = 0,
+              mlm_probability: float = 0.15) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, config.vocab_size, (batch_size, seq_len), generator=g)
+    input_ids[:, 0] = 101
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, seq_len // 2:] = 1
+    selected = torch.rand(batch_size, seq_len, generator=g) < mlm_probability
+    mlm_labels = torch.where(selected, input_ids, IGNORE_INDEX)
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+            "attention_mask": torch.ones_like(input_ids), "mlm_labels": mlm_labels,
+            "nsp_labels": torch.randint(0, 2, (batch_size,), generator=g)}
+
+
+def realistic_rows(datamodule, batch_size: int, count: int, seed: int = 0) -> list[dict]:
+    """Batches as `bertzoo pretrain` draws them: real instances, dynamic masking."""
+    instances = datamodule.instances["train"]
+    from bertzoo.pretraining.datamodule import InstanceDataset
+    dataset = InstanceDataset(instances)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    batches = []
+    for b in range(count):
+        keys = [(0, int(i)) for i in order[b * batch_size:(b + 1) * batch_size]]
+        batches.append(datamodule.collator(dataset.__getitems__(keys)))
+    return batches
+
+
+def pretraining_flops(config: BertConfig, batch: dict[str, torch.Tensor]) -> float:
+    """Model FLOPs of one training step (forward + backward = 3x forward), counting only real
+    tokens and the MLM head on masked rows: the work the step needs, not what a padded
+    implementation spends."""
+    H, I, L, V = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                  config.vocab_size)
+    lengths = batch["attention_mask"].sum(1).double()
+    tokens = float(lengths.sum())
+    masked = float((batch["mlm_labels"] != IGNORE_INDEX).sum())
+    per_token_linear = 2 * (4 * H * H + 2 * H * I)  # qkv + out, up + down
+    attention = float((2 * 2 * lengths.pow(2) * H).sum())  # QK^T and PV
+    forward = L * (tokens * per_token_linear + attention)
+    forward += 2 * masked * (H * H + H * V) + 2 * lengths.numel() * (H * H + 2 * H)
+    return 3 * forward
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """GFLOP/s of the fastest of a few large matmuls (BERT-base FFN and QKV shapes)."""
+    best = 0.0
+    for m, k, n in ((1024, 768, 3072), (1024, 3072, 768), (2048, 2048, 2048)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+# ---------------------------------------------------------------------------- sections
+def bench_pretraining(config: BertConfig, batches: list[dict], device, precision, repeats,
+                      warmup) -> tuple[float, float, float]:
+    """(our tokens/s, transformers' tokens/s, our seconds per step) over the given batches."""
+    ours, reference = paired_pretraining_models(config, device)
+    opt_ours, opt_ref = optimizer_for(ours, device), optimizer_for(reference, device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    cursor = {"ours": 0, "ref": 0}
+
+    def next_batch(name):
+        batch = batches[cursor[name] % len(batches)]
+        cursor[name] += 1
+        return batch
+
+    def step_ours():
+        b = next_batch("ours")
+        with autocast(device, precision):
+            loss = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                        mlm_labels=b["mlm_labels"], nsp_labels=b["nsp_labels"]).loss
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_ref():
+        b = next_batch("ref")
+        with autocast(device, precision):
+            loss = reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                             token_type_ids=b["token_type_ids"], labels=b["mlm_labels"],
+                             next_sentence_label=b["nsp_labels"]).loss
+        loss.backward()
+        opt_ref.step()
+        opt_ref.zero_grad(set_to_none=True)
+
+    seconds = time_alternating({"ours": step_ours, "ref": step_ref}, repeats, warmup, device)
+    tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
+    return tokens / seconds["ours"], tokens / seconds["ref"], seconds["ours"]
+
+
+def sst2_texts(path: str | None, count: int, seed: int = 0) -> tuple[list[str], str]:
+    """Sentences for the fine-tuning rows: SST-2's training file when given, else synthetic
+    sentences of similar length."""
+    import random
+    if path and Path(path).is_file():
+        lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+        texts = [line.split("\t")[0] for line in lines if line.strip()]
+        random.Random(seed).shuffle(texts)
+        return texts[:count], f"SST-2 rows from {path}"
+    from bertzoo.testing import sentences
+    return sentences(count, seed), "synthetic sentences (pass --sst2 for SST-2's lengths)"
+
+
+def classification_pair(config: BertConfig, device):
+    from bertzoo.tasks.classification import ClassificationModule
+    torch.manual_seed(0)
+    ours = ClassificationModule(config=config.to_dict(), vocab_size=config.vocab_size,
+                                num_labels=2)
+    reference = _transformers().BertForSequenceClassification(hf_config(config))
+    state = {f"bert.{k}": v for k, v in to_hf_state_dict(ours.encoder.state_dict()).items()}
+    state["classifier.weight"] = ours.classifier.weight.detach().clone()
+    state["classifier.bias"] = ours.classifier.bias.detach().clone()
+    reference.load_state_dict(state, strict=False)
+    return ours.to(device), reference.to(device)
+
+
+def encode_batches(tokenizer, texts: list[str], batch_size: int, pad_to: int | None,
+                   max_length: int = 128) -> list[dict[str, torch.Tensor]]:
+    from bertzoo.data import pad_to as pad
+    tokenizer.enable_truncation(max_length)
+    batches = []
+    for start in range(0, len(texts) - batch_size + 1, batch_size):
+        ids = [e.ids for e in tokenizer.encode_batch(texts[start:start + batch_size])]
+        input_ids = pad(ids, 0, length=pad_to)
+        mask = pad([[1] * len(i) for i in ids], 0, length=input_ids.shape[1])
+        batches.append({"input_ids": input_ids, "attention_mask": mask,
+                        "token_type_ids": torch.zeros_like(input_ids),
+                        "labels": torch.randint(0, 2, (len(ids),))})
+    tokenizer.no_truncation()
+    return batches
+
+
+def bench_classification(config, tokenizer, texts, batch_size, device, precision, repeats,
+                         warmup, train: bool) -> dict[str, float]:
+    ours, reference = classification_pair(config, device)
+    dynamic = encode_batches(tokenizer, texts, batch_size, pad_to=None)
+    padded = encode_batches(tokenizer, texts, batch_size, pad_to=128)
+    dynamic = [{k: v.to(device) for k, v in b.items()} for b in dynamic]
+    padded = [{k: v.to(device) for k, v in b.items()} for b in padded]
+    ours.train(train)
+    reference.train(train)
+    opt_ours, opt_ref = optimizer_for(ours, device), optimizer_for(reference, device)
+    cursors = {}
+
+    def batch_of(name, batches):
+        cursors[name] = cursors.get(name, -1) + 1
+        return batches[cursors[name] % len(batches)]
+
+    def run_ours():
+        b = batch_of("ours", dynamic)
+        with torch.set_grad_enabled(train), autocast(device, precision):
+            logits = ours(b)
+            loss = ours.loss(logits, b)
+        if train:
+            loss.backward()
+            opt_ours.step()
+            opt_ours.zero_grad(set_to_none=True)
+
+    def runner(name, batches):
+        def run():
+            b = batch_of(name, batches)
+            with torch.set_grad_enabled(train), autocast(device, precision):
+                out = reference(**b)
+            if train:
+                out.loss.backward()
+                opt_ref.step()
+                opt_ref.zero_grad(set_to_none=True)
+        return run
+
+    steps = {"ours": run_ours, "ref_dynamic": runner("ref_dynamic", dynamic)}
+    if train:
+        steps["ref_padded"] = runner("ref_padded", padded)
+    seconds = time_alternating(steps, repeats, warmup, device)
+    tokens = statistics.mean(float(b["attention_mask"].sum()) for b in dynamic)
+    return {name: tokens / s for name, s in seconds.items()}
+
+
+def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None:
+    import resource
+    torch.set_num_threads(torch.get_num_threads())
+    config = BertConfig.from_dict(config_dict)
+    ours, reference = paired_pretraining_models(config, torch.device("cpu"))
+    model = ours if kind == "ours" else reference
+    del ours, reference
+    optimizer = optimizer_for(model, torch.device("cpu"))
+    for _ in range(2):
+        if kind == "ours":
+            loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                         mlm_labels=batch["mlm_labels"], nsp_labels=batch["nsp_labels"]).loss
+        else:
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], labels=batch["mlm_labels"],
+                         next_sentence_label=batch["nsp_labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+
+
+def peak_memory(config: BertConfig, batch: dict, device: torch.device) -> dict[str, float]:
+    """Peak memory (MiB) of two pretraining steps of each implementation."""
+    if device.type == "cuda":
+        ours, reference = paired_pretraining_models(config, device)
+        result = {}
+        for kind, model in (("ours", ours), ("ref", reference)):
+            other = reference if kind == "ours" else ours
+            other.cpu()
+            model.to(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            b = {k: v.to(device) for k, v in batch.items()}
+            optimizer = optimizer_for(model, device)
+            for _ in range(2):
+                if kind == "ours":
+                    loss = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                 mlm_labels=b["mlm_labels"], nsp_labels=b["nsp_labels"]).loss
+                else:
+                    loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                 token_type_ids=b["token_type_ids"], labels=b["mlm_labels"],
+                                 next_sentence_label=b["nsp_labels"]).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            result[kind] = torch.cuda.max_memory_allocated(device) / 2**20
+        return result
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    result = {}
+    for kind in ("ours", "ref"):
+        queue = context.Queue()
+        process = context.Process(target=_peak_memory_child,
+                                  args=(kind, config.to_dict(), batch, queue))
+        process.start()
+        result[kind] = queue.get()
+        process.join()
+    return result
+
+
+def bench_pipeline(datamodule, max_documents: int | None = None) -> tuple[float, int]:
+    """Tokens/s of tokenize + NSP instances + masking over the corpus, uncached."""
+    from bertzoo.pretraining.datamodule import tokenize_documents
+    from bertzoo.pretraining.instances import DocumentPool, InstanceConfig, build_instances
+    documents = datamodule.documents()["train"]
+    sentences = documents["sentences"]
+    if max_documents:
+        sentences = sentences[:max_documents]
+    tokenizer = datamodule.tokenizer
+    config = InstanceConfig(**{**datamodule.instance_config.__dict__,
+                               "cls_id": tokenizer.token_to_id("[CLS]"),
+                               "sep_id": tokenizer.token_to_id("[SEP]")})
+    collator = datamodule.collator
+    start = time.perf_counter()
+    tokenized = []
+    for i in range(0, len(sentences), 256):
+        tokenized += tokenize_documents({"sentences": sentences[i:i + 256]},
+                                        tokenizer)["sentence_ids"]
+    pool = DocumentPool(tokenized)
+    instances = build_instances({"sentence_ids": tokenized}, list(range(len(tokenized))),
+                                config, pool=pool)
+    rows = [{"input_ids": ids, "token_type_ids": types, "nsp_label": label, "index": i,
+             "epoch": 0} for i, (ids, types, label) in enumerate(
+        zip(instances["input_ids"], instances["token_type_ids"], instances["nsp_label"]))]
+    tokens = 0
+    for i in range(0, len(rows), 32):
+        batch = collator(rows[i:i + 32])
+        tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start), tokens
+
+
+# ------------------------------------------------------------------------------ the run
+def run(args: argparse.Namespace) -> list[Row]:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    rows: list[Row] = []
+    presets = [p for p in args.presets.split(",") if p]
+
+    def config_for(preset: str) -> BertConfig:
+        if preset == "test":  # a tiny shape for the smoke test
+            return BertConfig(vocab_size=args.vocab_size, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64)
+        return BertConfig.from_preset(preset, vocab_size=args.vocab_size)
+
+    datamodule = None
+    if {"pretrain", "pipeline"} & set(args.sections):
+        from bertzoo.pretraining import PretrainingDataModule
+        datamodule = PretrainingDataModule(tokenizer=args.tokenizer,
+                                           tokenizer_vocab_size=args.vocab_size,
+                                           max_seq_length=args.seq_len, batch_size=args.batch_size)
+        datamodule.setup("fit")
+
+    consumption = {}
+    if "pretrain" in args.sections:
+        for preset in presets:
+            config = config_for(preset)
+            config.vocab_size = datamodule.vocab_size
+            full = [full_rows(config, args.batch_size, args.seq_len, seed=s) for s in range(3)]
+            real = realistic_rows(datamodule, args.batch_size, count=args.repeats + args.warmup)
+            for label, batches in (("full rows", full), ("realistic rows", real)):
+                fill = statistics.mean(float(b["attention_mask"].float().mean()) for b in batches)
+                ours, ref, seconds = bench_pretraining(config, batches, device, args.precision,
+                                                       args.repeats, args.warmup)
+                row = Row("pretrain", f"{preset} B={args.batch_size} T={args.seq_len} {label}",
+                          ours, ref, note=f"fill {fill:.0%}")
+                if label == "full rows":
+                    flops = pretraining_flops(config, batches[0])
+                    row.details["gflops_ours"] = flops / 1e9 * ours / float(
+                        batches[0]["attention_mask"].sum())
+                    row.details["gflops_ref"] = flops / 1e9 * ref / float(
+                        batches[0]["attention_mask"].sum())
+                else:
+                    consumption[preset] = ours
+                rows.append(row)
+                print(_format_row(row), flush=True)
+        if args.flops:
+            dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
+            ceiling = matmul_ceiling(device, dtype)
+            for row in [r for r in rows if "gflops_ours" in r.details]:
+                flops_row = Row("flops", row.name.replace(" full rows", ""),
+                                row.details["gflops_ours"], row.details["gflops_ref"],
+                                unit="GFLOP/s",
+                                note=f"{row.details['gflops_ours'] / ceiling:.0%} of the "
+                                     f"{ceiling:.0f} GFLOP/s matmul ceiling (transformers "
+                                     f"{row.details['gflops_ref'] / ceiling:.0%})",
+                                details={"ceiling": ceiling})
+                rows.append(flops_row)
+                print(_format_row(flops_row), flush=True)
+
+    if {"finetune", "inference"} & set(args.sections):
+        from bertzoo.tokenizer import load_tokenizer, train_tokenizer
+        texts, source = sst2_texts(args.sst2, args.finetune_batch_size * (args.repeats + 2))
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else (
+            datamodule.tokenizer if datamodule is not None
+            else train_tokenizer(texts=texts, vocab_size=args.vocab_size, min_frequency=1))
+        for preset in presets:
+            config = config_for(preset)
+            config.vocab_size = tokenizer.get_vocab_size()
+            if "finetune" in args.sections:
+                tps = bench_classification(config, tokenizer, texts, args.finetune_batch_size,
+                                           device, args.precision, args.repeats, args.warmup,
+                                           train=True)
+                for ref_name, label in (("ref_padded", "vs transformers padded to 128"),
+                                        ("ref_dynamic", "vs transformers dynamic padding")):
+                    row = Row("finetune", f"{preset} B={args.finetune_batch_size} {label}",
+                              tps["ours"], tps[ref_name], note=source)
+                    rows.append(row)
+                    print(_format_row(row), flush=True)
+            if "inference" in args.sections:
+                tps = bench_classification(config, tokenizer, texts, args.finetune_batch_size,
+                                           device, args.precision, args.repeats, args.warmup,
+                                           train=False)
+                row = Row("inference", f"{preset} B={args.finetune_batch_size} vs transformers "
+                          f"dynamic padding", tps["ours"], tps["ref_dynamic"], note=source)
+                rows.append(row)
+                print(_format_row(row), flush=True)
+
+    if "memory" in args.sections:
+        preset = presets[0]
+        config = config_for(preset)
+        if datamodule is not None:
+            config.vocab_size = datamodule.vocab_size
+        batch = full_rows(config, args.batch_size, args.seq_len)
+        peaks = peak_memory(config, batch, device)
+        row = Row("memory", f"{preset} pretraining step B={args.batch_size} T={args.seq_len} "
+                  f"peak", peaks["ours"], peaks["ref"], unit="MB",
+                  note="ratio = transformers / ours")
+        rows.append(row)
+        print(_format_row(row), flush=True)
+
+    if "pipeline" in args.sections:
+        rate, tokens = bench_pipeline(datamodule, args.pipeline_documents)
+        consumer = "mini" if "mini" in consumption else next(iter(consumption), None)
+        row = Row("pipeline", f"tokenize + instances + masking ({tokens:,} tokens)", rate,
+                  consumption.get(consumer), note=f"ratio = pipeline / {consumer} pretraining "
+                                                  f"consumption" if consumer else "")
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    return rows
+
+
+def _format_row(row: Row) -> str:
+    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+    ref = f"{row.reference:,.0f}" if row.reference is not None else "-"
+    return (f"| {row.section} | {row.name} | {row.ours:,.0f} {row.unit} | {ref} | {ratio} | "
+            f"{row.note} |")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| section | case | bertzoo | transformers / reference | ratio | note |",
+             "|---|---|---|---|---|---|"]
+    return "\n".join(lines + [_format_row(r) for r in rows])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bertzoo bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"],
+                        help="bf16-mixed autocasts both implementations (GPU)")
+    parser.add_argument("--presets", default="base,mini",
+                        help="comma-separated BertConfig presets ('test' = a tiny shape)")
+    parser.add_argument("--sections", default="pretrain,finetune,inference,memory,pipeline",
+                        type=lambda s: s.split(","), help="which rows to run")
+    parser.add_argument("--batch-size", type=int, default=8, help="pretraining batch size")
+    parser.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length")
+    parser.add_argument("--finetune-batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per case (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer folder (default: a WordPiece vocabulary trained on the "
+                             "embedded corpus, cached)")
+    parser.add_argument("--sst2", default=None, help="SST-2 train.tsv for realistic lengths")
+    parser.add_argument("--pipeline-documents", type=int, default=None,
+                        help="limit the pipeline row to this many documents")
+    parser.add_argument("--no-flops", dest="flops", action="store_false",
+                        help="skip the matmul ceiling and GFLOP/s rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    print(f"bertzoo bench on {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.repeats} steps after "
+          f"{args.warmup} warm-up steps; ratio > 1: bertzoo faster (memory: smaller)\n",
+          flush=True)
+    print("| section | case | bertzoo | transformers / reference | ratio | note |")
+    print("|---|---|---|---|---|---|", flush=True)
+    rows = run(args)
+    if args.json:
+        from bertzoo.checkpoint import atomic_write
+        payload = [{**asdict(r), "ratio": r.ratio} for r in rows]
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
