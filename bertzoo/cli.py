@@ -4,6 +4,7 @@
     bertzoo fit|validate|test|predict --task NAME --config RECIPE         any registered task
     bertzoo tasks                                                         the registry, as a table
     bertzoo export CKPT OUT_DIR                                           Hugging Face folder
+    bertzoo bench [--device cuda]                                         speed vs transformers
 
 `pretrain` and the task commands are LightningCLI (jsonargparse) underneath: every argument of
 the model, the data module and the Trainer is settable from YAML or the command line, and
@@ -80,7 +81,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
 
     from bertzoo.training import TokensPerSecond
     logger_args = {"save_dir": RUNS_DIR, "name": name, "version": version}  # -> version_<n>
-    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger_args}]
+    # bertzoo's CSVLogger keeps metrics.csv when `--ckpt_path last` resumes in the run's folder.
+    loggers = [{"class_path": "bertzoo.training.AppendingCSVLogger", "init_args": logger_args}]
     try:
         import tensorboard  # noqa: F401
         loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -401,8 +403,14 @@ def cmd_task(command: str, args: list[str]):
                              subclass_mode=True, links=links, task_argument=True)
 
 
+def cmd_bench(args: list[str]) -> int:
+    from bertzoo.bench import main as bench_main
+    return bench_main(args)
+
+
 COMMANDS = {
     "pretrain": cmd_pretrain,
+    "bench": cmd_bench,
     "tasks": cmd_tasks,
     "export": cmd_export,
 }
