@@ -141,8 +141,9 @@ class TaskRegistry:
             return  # the same distribution seen twice on sys.path: nothing new
         self._duplicates.setdefault(task.name, [existing]).append(task)
         message = (f"duplicate task name {task.name!r}: registered by "
-                   + " and ".join(f"{t.distribution} ({t.value})"
-                                  for t in self._duplicates[task.name]))
+                   + " and ".join(sorted(f"{t.distribution} ({t.value})"
+                                         for t in self._duplicates[task.name]))
+                   + "; uninstall one of them")
         for t in self._duplicates[task.name]:
             t.error = message
         existing.error = message
@@ -203,6 +204,8 @@ class TaskRegistry:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TaskError(f"unknown task {name!r}{hint} Known tasks: {', '.join(known) or 'none'} "
                             f"(run `bertzoo tasks` for details)")
+        if name in self._duplicates:
+            raise TaskError(tasks[name].error)
         task = self._load(tasks[name])
         if task.error:
             raise TaskError(f"task {name!r} from {task.distribution} cannot be used: {task.error}")
