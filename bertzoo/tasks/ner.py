@@ -255,8 +255,8 @@ class NerDataModule(TaskDataModule):
                 if label is None:
                     problem = tag_problem(tag, self.scheme) or (
                         f"tag {tag!r} is not among the labels the model predicts "
-                        f"({', '.join(self.label_names)}): its entity type does not occur in "
-                        f"the training data")
+                        f"({', '.join(self.label_names)}): an entity type absent from the "
+                        f"training data (or data.labels) cannot be learnt or scored")
                     raise DataError(f"{self.location(split, row, word)}: {problem}")
             elif self.labels and isinstance(tag, int) and 0 <= tag < len(self.label_names):
                 label = tag  # numbers index data.labels
@@ -268,7 +268,9 @@ class NerDataModule(TaskDataModule):
 
     @property
     def _label_to_id(self) -> dict[str, int]:
-        return {label: i for i, label in enumerate(self.label_names)}
+        if getattr(self, "_label_ids_by_name", None) is None:
+            self._label_ids_by_name = {label: i for i, label in enumerate(self.label_names)}
+        return self._label_ids_by_name
 
     def _windows(self, batch: dict[str, list], indices: list[int], split: str,
                  field: str | None, source_names: list[str] | None) -> dict[str, list]:
