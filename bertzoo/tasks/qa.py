@@ -90,15 +90,20 @@ class SquadDataModule(TaskDataModule):
                 except squad.SquadError as err:
                     raise DataError(f"data.{split}_articles: {err}") from None
         self._references: dict[str, squad.SquadReferences] = {}
+        self._squad_files: dict[tuple[str, int], Any] = {}
 
     # -- reading
     def read_file(self, path: str):
         suffix = Path(path).suffix.lower()
         if suffix == ".json":
+            key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
+            if key in self._squad_files:  # train and validation are often parts of one file
+                return self._squad_files[key]
             try:
                 data = squad.load_json(path)
                 if squad.is_squad_layout(data):
-                    return squad.read_squad_json(path, data)
+                    self._squad_files[key] = squad.read_squad_json(path, data)
+                    return self._squad_files[key]
             except squad.SquadError as err:
                 raise DataError(str(err)) from None
         elif suffix != ".jsonl":
@@ -120,14 +125,8 @@ class SquadDataModule(TaskDataModule):
         turning windows back into answer texts)."""
         if split not in self._references:
             dataset = self.raw(split)
-            columns = ["id", "context"] + (["answers"] if "answers" in dataset.column_names
-                                           else [])
-            self.require_columns(dataset, columns, self.source(split))
-            if "answers" in dataset.column_names:
-                self._references[split] = squad.SquadReferences.from_dataset(dataset)
-            else:
-                self._references[split] = squad.SquadReferences(
-                    list(dataset["id"]), list(dataset["context"]), [[] for _ in dataset["id"]])
+            self.require_columns(dataset, ["id", "context"], self.source(split))
+            self._references[split] = squad.SquadReferences.from_dataset(dataset)
         return self._references[split]
 
     # -- tokenizing

@@ -182,15 +182,14 @@ def select_articles(dataset, selection: str | int | Sequence[int], source: str):
     if "article" not in dataset.column_names:
         raise SquadError(f"{source}: selecting articles needs an official SQuAD JSON file (its "
                          f"articles are numbered in file order); this data has no 'article' column")
+    import numpy as np
     wanted = parse_articles(selection)
-    articles = dataset["article"]
-    present = set(articles)
-    missing = [i for i in wanted if i not in present]
+    articles = np.asarray(dataset.select_columns(["article"]).to_dict()["article"])
+    missing = [i for i in wanted if i not in set(articles.tolist())]
     if missing:
         raise SquadError(f"{source}: article(s) {missing[:10]} not in the file, which has "
-                         f"articles 0-{max(present)}")
-    wanted_set = set(wanted)
-    return dataset.select([row for row, a in enumerate(articles) if a in wanted_set])
+                         f"articles 0-{articles.max()}")
+    return dataset.select(np.flatnonzero(np.isin(articles, wanted)).tolist())
 
 
 # --------------------------------------------------------------------------------- answers
@@ -478,8 +477,13 @@ class SquadReferences:
 
     @classmethod
     def from_dataset(cls, dataset) -> "SquadReferences":
-        return cls(ids=list(dataset["id"]), contexts=list(dataset["context"]),
-                   answers=[list(a["text"]) for a in dataset["answers"]])
+        """From a `datasets.Dataset` with id, context and (optionally) answers columns."""
+        has_answers = "answers" in dataset.column_names
+        columns = dataset.select_columns(["id", "context"] + (["answers"] if has_answers
+                                                              else [])).to_dict()
+        answers = ([list(a["text"]) for a in columns["answers"]] if has_answers
+                   else [[] for _ in columns["id"]])
+        return cls(ids=columns["id"], contexts=columns["context"], answers=answers)
 
 
 class SquadMetric(Metric):
