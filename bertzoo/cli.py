@@ -52,34 +52,12 @@ def latest_checkpoint(save_dir: str, name: str) -> tuple[Path, int]:
     return path, int(path.parent.parent.name.split("_", 1)[1])
 
 
-def _best_checkpoint_class():
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class BestCheckpoint(ModelCheckpoint):
-        """`ModelCheckpoint` whose monitored metric a module may choose for itself
-        (`checkpoint_monitor`, e.g. Pearson instead of accuracy for a regression task)."""
-
-        def setup(self, trainer, pl_module, stage: str) -> None:
-            chosen = getattr(pl_module, "checkpoint_monitor", None)
-            if chosen and tuple(chosen) != (self.monitor, self.mode):
-                self.monitor, self.mode = chosen
-                self.kth_value = torch_inf(self.mode)
-            super().setup(trainer, pl_module, stage)
-
-    return BestCheckpoint
-
-
-def torch_inf(mode: str):
-    import torch
-    return torch.tensor(float("inf") if mode == "min" else float("-inf"))
-
-
 def trainer_defaults(name: str, version: int, monitor: str, mode: str,
                      extra_callbacks: tuple = ()) -> dict[str, Any]:
     """The Trainer setup every bertzoo run shares; any of it can be overridden by a recipe."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bertzoo.training import TokensPerSecond
+    from bertzoo.training import BestCheckpoint, TokensPerSecond
     logger_args = {"save_dir": RUNS_DIR, "name": name, "version": version}  # -> version_<n>
     # bertzoo's CSVLogger keeps metrics.csv when `--ckpt_path last` resumes in the run's folder.
     loggers = [{"class_path": "bertzoo.training.AppendingCSVLogger", "init_args": logger_args}]
@@ -91,8 +69,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
         pass
     callbacks = [
         *extra_callbacks,
-        _best_checkpoint_class()(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
-                                 filename="best-{step}", auto_insert_metric_name=False),
+        BestCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
+                       filename="best-{step}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
         TokensPerSecond(),
     ]
@@ -450,6 +428,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
                                          TokenizerError, FileNotFoundError]
     if "bertzoo.tasks.base" in sys.modules:
         errors.append(sys.modules["bertzoo.tasks.base"].DataError)
+    if "bertzoo.pretraining.corpus" in sys.modules:
+        errors.append(sys.modules["bertzoo.pretraining.corpus"].CorpusError)
     return tuple(errors)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from bertzoo.checkpoint import CKPT_KEY
@@ -204,6 +204,20 @@ class BertModule(L.LightningModule):
 
 
 # ---------------------------------------------------------------------------------- callbacks
+class BestCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose monitored metric a module may choose for itself through a
+    `checkpoint_monitor = (metric, "min" | "max")` attribute, for when it depends on the
+    configuration (a classification model doing regression keeps the best val/pearson, not
+    val/accuracy)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        chosen = getattr(pl_module, "checkpoint_monitor", None)
+        if chosen and tuple(chosen) != (self.monitor, self.mode):
+            self.monitor, self.mode = chosen
+            self.kth_value = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+        super().setup(trainer, pl_module, stage)
+
+
 class TokensPerSecond(Callback):
     """Shows and logs training throughput in real (non-padding) tokens per second, counted
     from each batch's `attention_mask`, over the last `window` steps."""

@@ -52,6 +52,17 @@ class DataError(ValueError):
     """Task data that cannot be used; the message names the file (and line or column)."""
 
 
+def _has_more_lines_than(path: str | os.PathLike, count: int) -> bool:
+    """Whether a text file has more than `count` non-blank lines (reads only that far)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        seen = 0
+        for line in f:
+            seen += bool(line.strip())
+            if seen > count:
+                return True
+    return False
+
+
 # ---------------------------------------------------------------------------------- the model
 class TaskModule(BertModule):
     """Base LightningModule of every task: the encoder plus whatever head the task adds.
@@ -337,6 +348,9 @@ class TaskDataModule(L.LightningDataModule):
         else:
             raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of "
                             f"{', '.join(self.file_formats)}")
+        header_lines = 1 if builder == "csv" else 0
+        if not _has_more_lines_than(path, header_lines):
+            raise DataError(f"{path} has no rows (empty or header only)")
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train",
                                          **options)
