@@ -14,13 +14,17 @@ ELECTRA, Appendix A) is optional for fine-tuning.
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch import nn
 
 from bertzoo.checkpoint import CKPT_KEY
@@ -248,3 +252,42 @@ class TokensPerSecond(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._times.clear()
         self._tokens.clear()
+
+
+# ------------------------------------------------------------------------------------ loggers
+class _AppendingWriter(ExperimentWriter):
+    """Keeps the rows of an existing metrics.csv (Lightning's writer deletes the file), minus
+    those at or after the first step this run logs: a run resumed from a checkpoint in its own
+    folder continues its curves."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._resumed_rows = None
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                reader = csv.DictReader(file)
+                self._resumed_rows = list(reader)
+                self.metrics_keys = list(reader.fieldnames or [])
+
+    def save(self) -> None:
+        if self._resumed_rows is not None and self.metrics:
+            first_new = min(int(m["step"]) for m in self.metrics)
+            kept = [r for r in self._resumed_rows if r.get("step") and int(r["step"]) < first_new]
+            self._record_new_keys()
+            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            self._resumed_rows = None
+        super().save()
+
+
+class AppendingCSVLogger(CSVLogger):
+    """`CSVLogger` that continues the metrics.csv of a run resumed in its own folder."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

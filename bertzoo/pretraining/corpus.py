@@ -50,7 +50,7 @@ def fingerprint(*parts: Any) -> str:
 # ----------------------------------------------------------------------------- sentence splitting
 # A sentence ends at ".", "!" or "?" (possibly followed by closing quotes or brackets) when
 # whitespace and then an upper-case letter, a digit or an opening quote/bracket follow.
-_BOUNDARY = re.compile(r"""(?<=[.!?])["')\]]*\s+(?=["'(\[]?[A-Z0-9])""")
+_BOUNDARY = re.compile(r"""[.!?]["')\]]*(\s+)(?=["'(\[]?[A-Z0-9])""")
 # Words whose final period does not end a sentence; also any single capital letter ("J. Smith").
 ABBREVIATIONS = frozenset("""
     e.g i.e etc vs cf al approx dept est fig figs no nos vol vols pp p ch sec eq eqs mr mrs ms
@@ -69,7 +69,11 @@ def split_sentences(paragraph: str) -> list[str]:
     text = " ".join(paragraph.split())
     if not text:
         return []
-    pieces = _BOUNDARY.split(text)
+    pieces, start = [], 0
+    for match in _BOUNDARY.finditer(text):
+        pieces.append(text[start:match.start(1)])
+        start = match.end(1)
+    pieces.append(text[start:])
     sentences: list[str] = []
     for piece in pieces:
         if sentences and _ends_with_abbreviation(sentences[-1]):
@@ -203,9 +207,20 @@ def documents_from_files(files: str | Sequence[str], format: str = "bert",
     if streaming:
         return datasets.IterableDataset.from_generator(
             _read_files, features=_features(), gen_kwargs={"files": files, "format": format})
-    return datasets.Dataset.from_generator(
+    return _nonempty(lambda: datasets.Dataset.from_generator(
         _read_files, features=_features(), gen_kwargs={"files": files, "format": format},
-        fingerprint=fingerprint("files", READER_VERSION, format, _file_identity(files)))
+        fingerprint=fingerprint("files", READER_VERSION, format, _file_identity(files))),
+        ", ".join(files))
+
+
+def _nonempty(build, source: str):
+    """`datasets` refuses to write a dataset of no rows; say which corpus was empty."""
+    try:
+        return build()
+    except ValueError as err:
+        if "corresponds to no data" in str(err):
+            raise CorpusError(f"{source} has no documents (empty, or no line with text)") from None
+        raise
 
 
 def documents_from_generator(generator, gen_kwargs: dict[str, Any], key: Any,
@@ -215,8 +230,9 @@ def documents_from_generator(generator, gen_kwargs: dict[str, Any], key: Any,
     if streaming:
         return datasets.IterableDataset.from_generator(generator, features=_features(),
                                                        gen_kwargs=gen_kwargs)
-    return datasets.Dataset.from_generator(generator, features=_features(), gen_kwargs=gen_kwargs,
-                                           fingerprint=fingerprint("generator", READER_VERSION, key))
+    return _nonempty(lambda: datasets.Dataset.from_generator(
+        generator, features=_features(), gen_kwargs=gen_kwargs,
+        fingerprint=fingerprint("generator", READER_VERSION, key)), str(key))
 
 
 # ---------------------------------------------------------------------------- Hugging Face data

@@ -37,6 +37,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from bertzoo.config import ConfigError
 from bertzoo.data import BatchSampler, distributed_rank_and_size
 from bertzoo.pretraining.corpus import (CorpusError, documents_from_files, fingerprint,
                                         from_hf_dataset, iter_sentences)
@@ -223,17 +224,17 @@ class PretrainingDataModule(L.LightningDataModule):
                  num_workers: int = 0, num_proc: int | None = None, seed: int = 12345):
         super().__init__()
         if train_files is not None and dataset is not None:
-            raise CorpusError("give either data.train_files or data.dataset, not both")
+            raise ConfigError("give either data.train_files or data.dataset, not both")
         if validation_documents < 0:
-            raise CorpusError(f"data.validation_documents must be >= 0, got {validation_documents}")
+            raise ConfigError(f"data.validation_documents must be >= 0, got {validation_documents}")
         if streaming and 0 < validation_documents < 1 and not (validation_files
                                                                or dataset_validation_split):
-            raise CorpusError("a streamed corpus has no known length: give "
+            raise ConfigError("a streamed corpus has no known length: give "
                               "data.validation_documents as a count of documents (e.g. 200)")
         if dupe_factor < 1:
-            raise CorpusError(f"data.dupe_factor must be >= 1, got {dupe_factor}")
+            raise ConfigError(f"data.dupe_factor must be >= 1, got {dupe_factor}")
         if batch_size < 1:
-            raise CorpusError(f"data.batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         self.train_files = train_files
         self.validation_files = validation_files
         self.format = format

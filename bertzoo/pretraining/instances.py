@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertzoo.config import ConfigError
+
 IS_NEXT, NOT_NEXT = 0, 1  # google-research/bert's labels: 0 = B follows A, 1 = B is random
 
 
@@ -50,12 +52,12 @@ class InstanceConfig:
 
     def __post_init__(self):
         if self.max_seq_length < 5:
-            raise ValueError(f"data.max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP] with "
+            raise ConfigError(f"data.max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP] with "
                              f"one token each side), got {self.max_seq_length}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"data.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+            raise ConfigError(f"data.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
         if not 0.0 <= self.next_sentence_prob <= 1.0:
-            raise ValueError(f"data.next_sentence_prob must be in [0, 1], "
+            raise ConfigError(f"data.next_sentence_prob must be in [0, 1], "
                              f"got {self.next_sentence_prob}")
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertzoo.config import ConfigError
 from bertzoo.model import IGNORE_INDEX
 
 MASKING_STREAM = 1  # separates the masking generators from the instance builder's (stream 0)
@@ -65,13 +66,13 @@ class MaskingCollator:
                  whole_word_mask: bool = False, max_predictions_per_seq: int | None = None,
                  pad_to_multiple_of: int | None = None, seed: int = 0):
         if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"data.mlm_probability must be in (0, 1), got {mlm_probability}")
+            raise ConfigError(f"data.mlm_probability must be in (0, 1), got {mlm_probability}")
         if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1:
-            raise ValueError(f"data.mask_token_prob ({mask_token_prob}) and "
+            raise ConfigError(f"data.mask_token_prob ({mask_token_prob}) and "
                              f"data.random_token_prob ({random_token_prob}) must be >= 0 and sum "
                              f"to at most 1 (the rest of the selected tokens stay unchanged)")
         if max_predictions_per_seq is not None and max_predictions_per_seq < 1:
-            raise ValueError(f"data.max_predictions_per_seq must be positive or null, "
+            raise ConfigError(f"data.max_predictions_per_seq must be positive or null, "
                              f"got {max_predictions_per_seq}")
         self.vocab_size = vocab_size
         self.is_special = np.zeros(vocab_size, dtype=bool)

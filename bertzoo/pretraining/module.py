@@ -100,6 +100,8 @@ class PretrainingModule(BertModule):
             self.model = load_pretraining_model(backbone)
             source = f"the backbone {backbone}"
         else:
+            if vocab_size is None and isinstance(config, dict):
+                vocab_size = config.get("vocab_size")  # e.g. a checkpoint's stored config
             encoder = build_encoder(None, config, vocab_size)
             self.model = BertForPreTraining(encoder.config, encoder=encoder)
             source = "model.config"
@@ -144,6 +146,18 @@ class PretrainingModule(BertModule):
             if vocab is not None and vocab != self.model.config.vocab_size:
                 raise ConfigError(f"the data's tokenizer has {vocab} tokens but the model has "
                                   f"vocab_size {self.model.config.vocab_size}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Lightning counts the logging step (`_batches_that_stepped`) after validation, so a
+        # checkpoint saved at the end of a validation inside fit holds one less than the steps
+        # taken, and a run resumed from it logged every later step one too low (seen with
+        # Lightning 2.6). Store the count the resumed run must continue from.
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        state = loops.get("epoch_loop.state_dict")
+        if state is not None and self._trainer is not None and self.trainer.validating \
+                and self.trainer.state.fn == "fit":
+            state["_batches_that_stepped"] = self.trainer.global_step
 
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
