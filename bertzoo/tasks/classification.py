@@ -21,6 +21,7 @@ never saw is an error naming its file and line.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,23 +288,47 @@ class ClassificationModule(TaskModule):
 
 
 # -------------------------------------------------------------------------- the registry entry
-def example_data(folder: Path) -> dict[str, Any]:
-    """A few sentiment rows in the GLUE SST-2 layout (TSV with a header), for generated tests."""
+def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A few rows of learnable sentiment (GLUE SST-2 layout: a TSV with `sentence` and `label`)
+    for the generated tests. With `like` (a recipe's `data:` section) the rows follow its
+    layout instead: its column names, a second text for pair tasks, numbers for regression,
+    label lists for multi-label, and the format of its `train_file` (.tsv, .csv or .jsonl)."""
     import random
 
-    from bertzoo.testing import ADJECTIVES, NOUNS
+    from bertzoo.testing import NOUNS
+    like = like or {}
+    text_column = like.get("text_column", "sentence")
+    pair_column = like.get("text_pair_column")
+    label_column = like.get("label_column", "label")
+    problem_type = like.get("problem_type", "single_label")
+    suffix = Path(like.get("train_file") or "train.tsv").suffix.lower()
+    suffix = suffix if suffix in (".tsv", ".csv", ".jsonl") else ".tsv"
     rng = random.Random(0)
     good, bad = ("happy", "bright", "warm", "gentle"), ("sad", "dark", "cold", "noisy")
-    folder = Path(folder)
     files = {}
     for split, count in (("train", 24), ("dev", 8)):
-        lines = ["sentence\tlabel"]
+        rows = []
         for i in range(count):
-            label = i % 2
-            words = good if label else bad
-            lines.append(f"the {rng.choice(words)} {rng.choice(NOUNS)} is "
-                         f"{rng.choice(words)} and {rng.choice(ADJECTIVES)} .\t{label}")
-        files[split] = folder / f"{split}.tsv"
+            positive = i % 2 == 1
+            words = good if positive else bad
+            row = {text_column: f"the {rng.choice(words)} {rng.choice(NOUNS)} is "
+                                f"{rng.choice(words)} ."}
+            if pair_column:
+                row[pair_column] = f"it is {rng.choice(words)}"
+            row[label_column] = {"regression": 4.0 if positive else 1.0,
+                                 "multi_label": ["positive", "warm"] if positive else ["negative"]
+                                 }.get(problem_type, int(positive))
+            rows.append(row)
+        files[split] = Path(folder) / f"{split}{suffix}"
+        if suffix == ".jsonl":
+            files[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
+            continue
+        separator = like.get("label_separator", ",")
+        delimiter = "\t" if suffix == ".tsv" else ","
+        lines = [delimiter.join(rows[0])]
+        for row in rows:
+            cells = [separator.join(v) if isinstance(v, list) else str(v) for v in row.values()]
+            lines.append(delimiter.join(f'"{c}"' if suffix == ".csv" else c for c in cells))
         files[split].write_text("\n".join(lines) + "\n")
     return {"train_file": str(files["train"]), "validation_file": str(files["dev"]),
             "test_file": str(files["dev"]), "predict_file": str(files["dev"])}
