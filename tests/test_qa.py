@@ -322,12 +322,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_metric_gathers_windows_from_two_processes(tmp_path):
+@pytest.mark.parametrize("parts", [[[0, 2, 3, 4], [1]], [[0, 1, 2, 3, 4], []]],
+                         ids=["uneven", "one-rank-empty"])
+def test_metric_gathers_windows_from_two_processes(tmp_path, parts):
     """Real torch.distributed (gloo, 2 processes): one rank holds 4 windows, the other 1 —
-    including one window of a question whose other window is on the first rank."""
+    including one window of a question whose other window is on the first rank — or one rank
+    holds nothing (more devices than batches)."""
     import torch.multiprocessing as mp
-    parts = [[0, 2, 3, 4], [1]]
-    mp.spawn(_distributed_worker, args=(2, free_port(), parts, tmp_path), nprocs=2, join=True)
+    # fork: the workers inherit the imported modules instead of importing torch again
+    mp.start_processes(_distributed_worker, args=(2, free_port(), parts, tmp_path), nprocs=2,
+                       join=True, start_method="fork")
     values = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert values == [pytest.approx(200 / 3)] * 2
 

@@ -52,6 +52,7 @@ log = logging.getLogger("bertzoo")
 #: Bumped when the reader's output for the same file changes (it is part of the cache key).
 READER_VERSION = 1
 NOT_CONTEXT = -1  # character offset stored for question and special tokens
+FLOAT32_EXACT = 2 ** 24  # every integer below this is exact in float32
 
 
 class SquadError(ValueError):
@@ -475,6 +476,13 @@ class SquadReferences:
     contexts: list[str]
     answers: list[list[str]]
 
+    def __post_init__(self):
+        longest = max((len(c) for c in self.contexts), default=0)
+        if max(len(self.ids), longest) >= FLOAT32_EXACT:
+            raise SquadError(f"{len(self.ids)} questions, contexts up to {longest} characters: "
+                             f"SquadMetric records rows and offsets as float32, exact below "
+                             f"{FLOAT32_EXACT}; split the data")
+
     @classmethod
     def from_dataset(cls, dataset) -> "SquadReferences":
         """From a `datasets.Dataset` with id, context and (optionally) answers columns."""
@@ -514,11 +522,14 @@ class SquadMetric(Metric):
                span_end: Tensor, null_score: Tensor) -> None:
         """One record per window, all (B,): the question's row, and `best_window_spans`'s
         outputs for the window."""
-        self.example_index.append(example_index)
-        self.span_score.append(span_score)
-        self.span_start.append(span_start)
-        self.span_end.append(span_end)
-        self.null_score.append(null_score)
+        # Every state is float32, indices and character offsets included (exact below 2**24,
+        # which `SquadReferences` checks): a device that saw no window sends torchmetrics'
+        # empty float32 placeholder, and gloo/NCCL need the same dtype from every rank.
+        self.example_index.append(example_index.float())
+        self.span_score.append(span_score.float())
+        self.span_start.append(span_start.float())
+        self.span_end.append(span_end.float())
+        self.null_score.append(null_score.float())
 
     def predictions(self) -> dict[str, str]:
         """{question id: answer text} for every question seen (call after syncing)."""
