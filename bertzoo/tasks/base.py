@@ -366,8 +366,9 @@ class TaskDataModule(L.LightningDataModule):
         missing = [c for c in columns if c not in dataset.column_names]
         if missing:
             import difflib
+            unused = [c for c in dataset.column_names if c not in columns]
             hints = [f"{c!r} (did you mean {close[0]!r}?)" if (
-                close := difflib.get_close_matches(c, dataset.column_names, n=1)) else repr(c)
+                close := difflib.get_close_matches(c, unused, n=1)) else repr(c)
                      for c in missing]
             raise DataError(f"{source}: missing column(s) {', '.join(hints)}; the file has "
                             f"{dataset.column_names}")
