@@ -3,6 +3,7 @@ and evaluation (v1.1 and v2.0), `predict` writing the official `{id: answer}` JS
 its data -> model link, export to Hugging Face's BertForQuestionAnswering, and bad input."""
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_predict_writes_the_official_json(tmp_path, tiny_backbone_dir):
 
 
 def test_cli_links_version_2_from_the_data_to_the_model(tmp_path, tiny_backbone_dir,
-                                                        monkeypatch):
+                                                        monkeypatch, caplog):
     from bertzoo.cli import main
     path = write_squad(tmp_path / "v2.json", version_2=True)
     monkeypatch.chdir(tmp_path)
@@ -112,8 +113,14 @@ def test_cli_links_version_2_from_the_data_to_the_model(tmp_path, tiny_backbone_
     run = tmp_path / "runs" / "qa" / "version_0"
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/f1", "val/HasAns_f1", "val/NoAns_f1"} <= set(header)
-    checkpoint = torch.load(next((run / "checkpoints").glob("best*.ckpt")), weights_only=False)
+    best = next((run / "checkpoints").glob("best*.ckpt"))
+    checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["hyper_parameters"]["version_2_with_negative"] is True
+    # restored (as `--ckpt_path` does) without v2.0 by mistake: said, not silently different
+    model = QuestionAnsweringModule(backbone=str(tiny_backbone_dir))
+    with caplog.at_level(logging.WARNING, logger="bertzoo"):
+        model.on_load_checkpoint(checkpoint)
+    assert "trained with version_2_with_negative=True" in caplog.text
 
 
 def test_export_is_huggingface_bert_for_question_answering(tmp_path, tiny_backbone_dir):

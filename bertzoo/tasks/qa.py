@@ -22,6 +22,7 @@ file the official evaluation scripts read.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 from bertzoo.tasks import squad
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
+
+log = logging.getLogger("bertzoo")
 
 SQUAD_COLUMNS = ["id", "context", "question", "answers"]
 
@@ -261,6 +264,15 @@ class QuestionAnsweringModule(TaskModule):
         """`predictions.json`: {question id: answer text}, as the official scripts read it."""
         answers = {row["id"]: row["answer"] for row in rows}
         return {"predictions.json": json.dumps(answers, ensure_ascii=False, indent=1) + "\n"}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        trained_v2 = (checkpoint.get("hyper_parameters") or {}).get("version_2_with_negative")
+        if trained_v2 is not None and bool(trained_v2) != self.version_2_with_negative:
+            log.warning("this checkpoint was trained with version_2_with_negative=%s but runs "
+                        "with %s (set data.version_2_with_negative: %s to %s)", trained_v2,
+                        self.version_2_with_negative, str(bool(trained_v2)).lower(),
+                        "let it answer 'no answer'" if trained_v2 else "never answer ''")
 
     @classmethod
     def hf_export(cls, state_dict: dict[str, Tensor], hparams: dict[str, Any]):
