@@ -5,10 +5,10 @@ registers. The data comes from each task's own `TaskSpec.example_data`.
     - the entry point loads and the spec is valid;
     - forward and backward on a tiny backbone: a finite scalar loss, finite gradients that
       reach the embeddings and every head parameter;
-    - a short `Trainer.fit` with validation, save -> `load_from_checkpoint(weights_only=True)`
-      -> identical outputs and predictions (hyper-parameters must be plain data);
-    - through the command line: one `bertzoo fit` step with validation, then `bertzoo predict`
-      from the checkpoint alone, whose output files hold one row per input;
+    - through the command line: one `bertzoo fit` step with validation; its checkpoint loaded
+      with `load_from_checkpoint(weights_only=True)` gives identical outputs and predictions
+      (hyper-parameters must be plain data); `bertzoo predict` from the checkpoint alone writes
+      files with one row per input;
     - `bertzoo fit --task NAME --help` documents every model and data argument.
 """
 
@@ -20,11 +20,10 @@ import math
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from bertzoo.cli import init_parameters, main
+from bertzoo.cli import cmd_task, init_parameters, main
 from bertzoo.tasks.registry import REGISTRY, get_task
 
 TASK_NAMES = REGISTRY.names()  # discovered without importing any task
@@ -39,12 +38,6 @@ def build(name: str, backbone: Path, folder: Path, **data_overrides):
     links = {link: getattr(datamodule, link) for link in spec.datamodule.model_links}
     model = spec.module(backbone=str(backbone), **links)
     return spec, data_args, datamodule, model
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, use_distributed_sampler=False,
-                     num_sanity_val_steps=0, **kwargs)
 
 
 def test_every_built_in_task_and_the_example_plugin_is_registered():
@@ -94,23 +87,40 @@ def _assert_same_outputs(first, second) -> None:
                                        atol=0)
 
 
+def _data_arguments(data_args: dict) -> list[str]:
+    return [f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in data_args.items()]
+
+
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_fit_save_load_gives_identical_predictions(name, tiny_backbone_dir, tmp_path):
-    spec, _, datamodule, model = build(name, tiny_backbone_dir, tmp_path)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2)
-    trainer.fit(model, datamodule)
-    logged = trainer.callback_metrics
-    assert math.isfinite(float(logged["train/loss"])) and math.isfinite(float(logged["val/loss"]))
+def test_cli_fit_save_load_predict(name, tiny_backbone_dir, tmp_path, monkeypatch):
+    spec = get_task(name)
+    data_args = {"batch_size": 4, **spec.example_data(tmp_path)}
+    monkeypatch.chdir(tmp_path)
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    # One training step and one validation batch through the command line.
+    cli = cmd_task("fit", ["--task", name, f"--model.backbone={tiny_backbone_dir}",
+                           *_data_arguments(data_args), "--trainer.max_epochs=1",
+                           "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+                           "--trainer.log_every_n_steps=1", *quiet])
+    run = tmp_path / "runs" / name / "version_0"
+    assert (run / "config.yaml").is_file()
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    assert any(r.get("val/loss") for r in rows)
+    logged = cli.trainer.callback_metrics
     assert spec.monitor in logged or spec.monitor == "val/loss", \
         f"{name}: the checkpoint monitor {spec.monitor} is never logged ({sorted(logged)})"
 
-    path = tmp_path / "task.ckpt"
-    trainer.save_checkpoint(path)
-    # bertzoo reads checkpoints without unpickling code: hyper-parameters must be plain data.
+    # Save -> load -> identical outputs and predictions. bertzoo reads checkpoints without
+    # unpickling code, so the hyper-parameters must be plain data (weights_only=True).
+    path = run / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint["bertzoo"]["module"].endswith(type(model).__qualname__)
+    assert checkpoint["bertzoo"]["module"].endswith(spec.module.__qualname__)
     restored = spec.module.load_from_checkpoint(path, weights_only=True)
-
+    model, datamodule = cli.model, cli.datamodule
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
     model.eval()
@@ -118,32 +128,6 @@ def test_fit_save_load_gives_identical_predictions(name, tiny_backbone_dir, tmp_
     with torch.no_grad():
         _assert_same_outputs(model(batch), restored(batch))
         assert model.predict_step(batch, 0) == restored.predict_step(batch, 0)
-
-
-def _data_arguments(data_args: dict) -> list[str]:
-    return [f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}"
-            for key, value in data_args.items()]
-
-
-@pytest.mark.parametrize("name", TASK_NAMES)
-def test_cli_fit_one_step_then_predict(name, tiny_backbone_dir, tmp_path, monkeypatch):
-    spec = get_task(name)
-    data_args = spec.example_data(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    assert main(["fit", "--task", name, f"--model.backbone={tiny_backbone_dir}",
-                 *_data_arguments({"batch_size": 4, **data_args}), "--trainer.max_epochs=1",
-                 "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-                 "--trainer.log_every_n_steps=1",
-                 *quiet]) == 0
-    run = tmp_path / "runs" / name / "version_0"
-    assert (run / "config.yaml").is_file()
-    assert (run / "checkpoints" / "last.ckpt").is_file()
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
-    assert len(losses) == 1 and math.isfinite(losses[0])
-    assert any(r.get("val/loss") for r in rows)
 
     # Predict from the checkpoint alone: the model is rebuilt from the config it carries.
     assert main(["predict", "--task", name, "--ckpt_path", "last",
@@ -153,7 +137,6 @@ def test_cli_fit_one_step_then_predict(name, tiny_backbone_dir, tmp_path, monkey
     written = [p for p in predict_run.iterdir()
                if p.name not in run_files and not p.name.startswith("events.out.")]
     assert written, f"{name}: predict wrote nothing in {predict_run}"
-    datamodule = spec.datamodule(tokenizer=str(tiny_backbone_dir), **data_args)
     inputs = len(datamodule.raw("predict"))
     for path in written:
         text = path.read_text()
