@@ -77,10 +77,7 @@ class SquadDataModule(TaskDataModule):
                  predict_articles: str | int | list[int] | None = None,
                  max_length: int = 384, **kwargs):
         super().__init__(max_length=max_length, **kwargs)
-        try:
-            self.window_config = squad.WindowConfig(max_length, doc_stride, max_question_length)
-        except squad.SquadError as err:
-            raise DataError(f"data: {err}") from None
+        self.window_config = squad.WindowConfig(max_length, doc_stride, max_question_length)
         self.doc_stride = doc_stride
         self.max_question_length = max_question_length
         self.version_2_with_negative = version_2_with_negative
@@ -102,13 +99,10 @@ class SquadDataModule(TaskDataModule):
             key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
             if key in self._squad_files:  # train and validation are often parts of one file
                 return self._squad_files[key]
-            try:
-                data = squad.load_json(path)
-                if squad.is_squad_layout(data):
-                    self._squad_files[key] = squad.read_squad_json(path, data)
-                    return self._squad_files[key]
-            except squad.SquadError as err:
-                raise DataError(str(err)) from None
+            data = squad.load_json(path)
+            if squad.is_squad_layout(data):
+                self._squad_files[key] = squad.read_squad_json(path, data)
+                return self._squad_files[key]
         elif suffix != ".jsonl":
             raise DataError(f"{path}: unsupported file type {suffix!r}; expected a SQuAD .json "
                             f"file or .jsonl rows with the columns {SQUAD_COLUMNS}")
@@ -118,10 +112,7 @@ class SquadDataModule(TaskDataModule):
         selection = self.articles.get(split)
         if selection is None:
             return dataset
-        try:
-            return squad.select_articles(dataset, selection, self.source(split))
-        except squad.SquadError as err:
-            raise DataError(str(err)) from None
+        return squad.select_articles(dataset, selection, self.source(split))
 
     def references(self, split: str) -> squad.SquadReferences:
         """Ids, contexts and gold answers of a split's questions, by row (for scoring and for
@@ -146,11 +137,8 @@ class SquadDataModule(TaskDataModule):
         source = self.source(split)
 
         def windows(examples: dict[str, list], indices: list[int]) -> dict[str, list]:
-            try:
-                return squad.make_windows(examples, indices, windowing, config, with_labels,
-                                          version_2, source)
-            except squad.SquadError as err:
-                raise DataError(str(err)) from None
+            return squad.make_windows(examples, indices, windowing, config, with_labels,
+                                      version_2, source)
 
         return self.map(dataset, windows, split, with_indices=True,
                         remove_columns=dataset.column_names)

@@ -47,6 +47,8 @@ from torchmetrics.functional.text.squad import (_compute_exact_match_score, _com
                                                 _normalize_text)
 from torchmetrics.utilities import dim_zero_cat
 
+from bertzoo.tasks.base import DataError
+
 log = logging.getLogger("bertzoo")
 
 #: Bumped when the reader's output for the same file changes (it is part of the cache key).
@@ -55,8 +57,9 @@ NOT_CONTEXT = -1  # character offset stored for question and special tokens
 FLOAT32_EXACT = 2 ** 24  # every integer below this is exact in float32
 
 
-class SquadError(ValueError):
-    """SQuAD data that cannot be used; the message names the file and the question id."""
+class SquadError(DataError):
+    """SQuAD data or settings that cannot be used; the message names the file and the question
+    id (or the setting)."""
 
 
 # ------------------------------------------------------------------------------------ reading
