@@ -102,7 +102,8 @@ def test_broken_plugin_is_reported_and_skipped(site):
     listed = {t.name: t for t in tasks.list()}
     assert listed["broken"].status.startswith("broken: ModuleNotFoundError")
     assert "a_module_that_does_not_exist" in listed["broken"].error
-    assert "wrong_mod:TASK is a dict, expected a bertzoo.tasks.TaskSpec" in listed["wrong_type"].error
+    assert "wrong_mod:TASK is a dict, expected a bertzoo.tasks.TaskSpec" \
+        in listed["wrong_type"].error
     assert "spec name 'something_else' differs from its entry point name 'declared'" \
         in listed["declared"].error
     assert "AttributeError" in listed["missing"].error
@@ -144,7 +145,8 @@ def test_unknown_task_lists_known_ones_and_the_closest():
     with pytest.raises(TaskError) as caught:
         TaskRegistry().get("clasification")
     message = str(caught.value)
-    assert "unknown task 'clasification'; did you mean 'classification'?" in message
+    assert "unknown task 'clasification' (did you mean 'classification'?); known tasks: " \
+        in message
     for name in BUILT_IN:
         assert name in message
 
@@ -209,7 +211,7 @@ def test_cli_with_unknown_or_broken_task(site, monkeypatch, capsys):
                       {"broken_mod": "import a_module_that_does_not_exist\n"})
     monkeypatch.setattr(registry, "REGISTRY", TaskRegistry())
     assert main(["fit", "--task", "clasification"]) == 1
-    assert "did you mean 'classification'?" in capsys.readouterr().err
+    assert "(did you mean 'classification'?)" in capsys.readouterr().err
     assert main(["fit", "--task", "broken"]) == 1
     err = capsys.readouterr().err
     assert "task 'broken' from broken-import cannot be used" in err

@@ -201,9 +201,9 @@ class TaskRegistry:
         if name not in tasks:
             known = sorted(tasks)
             close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TaskError(f"unknown task {name!r}{hint} Known tasks: {', '.join(known) or 'none'} "
-                            f"(run `bertzoo tasks` for details)")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TaskError(f"unknown task {name!r}{hint}; known tasks: "
+                            f"{', '.join(known) or 'none'} (`bertzoo tasks` shows them)")
         if name in self._duplicates:
             raise TaskError(tasks[name].error)
         task = self._load(tasks[name])
