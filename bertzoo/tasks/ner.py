@@ -285,13 +285,14 @@ class NerDataModule(TaskDataModule):
         predicting = split == "predict"
         if "tokens" in batch:
             sentences = batch["tokens"]
-            texts, offsets = [], []
-            for words in sentences:
-                starts = [0]
-                for word in words[:-1]:
-                    starts.append(starts[-1] + len(word) + 1)
-                texts.append(" ".join(words))
-                offsets.append([[s, s + len(w)] for s, w in zip(starts, words)])
+            if predicting:  # character spans refer to the words joined by single spaces
+                texts, offsets = [], []
+                for words in sentences:
+                    starts = [0]
+                    for word in words[:-1]:
+                        starts.append(starts[-1] + len(word) + 1)
+                    texts.append(" ".join(words))
+                    offsets.append([[s, s + len(w)] for s, w in zip(starts, words)])
         else:  # predict from raw text: BERT's pre-tokenizer finds the words and their offsets
             from tokenizers.pre_tokenizers import BertPreTokenizer
             pre_tokenizer = BertPreTokenizer()
