@@ -41,6 +41,20 @@ def next_version(save_dir: str, name: str) -> int:
     return max(versions, default=-1) + 1
 
 
+def reserve_version(save_dir: str, name: str) -> int:
+    """The next free `version_<n>` under save_dir/name, created at once, so that a run started
+    at the same moment (another shell, another job on a shared disk) takes the next one."""
+    root = Path(save_dir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    version = next_version(save_dir, name)
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
 def latest_checkpoint(save_dir: str, name: str) -> tuple[Path, int]:
     """The newest `last.ckpt` of runs/<name>/version_*/checkpoints, and its version number."""
     candidates = sorted((Path(save_dir) / name).glob("version_*/checkpoints/last*.ckpt"),
@@ -159,20 +173,29 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
                       subclass_mode: bool = False, task_argument: bool = False):
     """Run one LightningCLI subcommand with bertzoo's Trainer defaults and run folder."""
     args = list(args)
-    # Set by the first process of a DDP run for the workers Lightning starts: same folder.
-    inherited_version = os.environ.get("BERTZOO_RUN_VERSION")
-    version = int(inherited_version or next_version(RUNS_DIR, run_name))
+    resumed_version = None
     if "--ckpt_path" in args or any(a.startswith("--ckpt_path=") for a in args):
         value_at = next(i for i, a in enumerate(args) if a.startswith("--ckpt_path"))
         value = args[value_at].split("=", 1)[1] if "=" in args[value_at] else args[value_at + 1]
         if value == "last":
             path, last_version = latest_checkpoint(RUNS_DIR, run_name)
             if command == "fit":  # resuming continues in that run's folder
-                version = last_version
+                resumed_version = last_version
             if "=" in args[value_at]:
                 args[value_at] = f"--ckpt_path={path}"
             else:
                 args[value_at + 1] = str(path)
+    # Set by the first process of a DDP run for the workers Lightning starts: same folder.
+    inherited_version = os.environ.get("BERTZOO_RUN_VERSION")
+    reserved = None
+    if inherited_version is not None:
+        version = int(inherited_version)
+    elif resumed_version is not None:
+        version = resumed_version
+    elif any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
+        version = next_version(RUNS_DIR, run_name)  # nothing will be written
+    else:
+        version = reserved = reserve_version(RUNS_DIR, run_name)
     os.environ["BERTZOO_RUN_VERSION"] = str(version)  # DDP workers re-run us: same folder
     extra_callbacks = ()
     if command == "predict":
@@ -195,6 +218,9 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
     finally:
         if inherited_version is None:  # the next run in this process gets its own folder
             os.environ.pop("BERTZOO_RUN_VERSION", None)
+        folder = Path(RUNS_DIR) / run_name / f"version_{reserved}"
+        if reserved is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # the run stopped before writing anything: free the number
 
 
 # ---------------------------------------------------------------------------- subcommands

@@ -184,3 +184,18 @@ def test_unknown_recipe_key_is_rejected_by_the_parser(tmp_path, capsys):
         main(["fit", "--config", recipe])
     assert exit_.value.code == 2
     assert "text_colum" in capsys.readouterr().err
+
+
+def test_run_numbers_are_reserved_and_freed(tmp_path, monkeypatch, capsys):
+    from bertzoo.cli import reserve_version
+    monkeypatch.chdir(tmp_path)
+    # Two runs starting at the same moment get different folders.
+    assert [reserve_version("runs", "classification") for _ in range(2)] == [0, 1]
+    # A run that stops before writing anything gives its number back; --help takes none.
+    assert main(["fit", "--task", "classification", "--data.train_file=missing.tsv",
+                 "--model.config=tiny"]) == 1
+    assert "no such file: missing.tsv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", "classification", "--help"])
+    assert sorted(p.name for p in (tmp_path / "runs/classification").iterdir()) == [
+        "version_0", "version_1"]
