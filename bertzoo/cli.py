@@ -110,7 +110,13 @@ def _lightning_cli_class():
             self.links = links
             self.task_name = task_name
             self.task_argument = task_argument or task_name is not None
+            self.command = kwargs["args"][0]
             super().__init__(*args, **kwargs)
+
+        def subcommands(self) -> dict[str, set[str]]:
+            # Only the subcommand being run: building the parser of each (model, data and
+            # Trainer signatures, four times) costs seconds that nobody uses.
+            return {self.command: LightningCLI.subcommands()[self.command]}
 
         def add_arguments_to_parser(self, parser) -> None:
             if self.task_argument:
