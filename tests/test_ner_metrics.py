@@ -183,3 +183,48 @@ def test_metric_over_shuffled_windows_and_two_devices_equals_seqeval(scheme):
 def test_metric_without_updates_is_zero():
     metric = EntityScore(["O", "B-PER", "I-PER"])
     assert metric.compute().item() == 0.0
+
+
+def _distributed_worker(rank, world_size, port, batches, labels, out_dir):
+    import json
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        metrics = entity_metrics(labels)
+        for args in batches[rank]:
+            metrics.update(*args)
+        values = {name: value.item() for name, value in metrics.compute().items()}
+        (out_dir / f"rank{rank}.json").write_text(json.dumps(values))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("split", ["uneven", "one-rank-empty"])
+def test_metric_gathers_sentences_from_two_processes(tmp_path, split):
+    """Real torch.distributed (gloo, 2 processes): windows of one sentence on both ranks, or
+    every batch on one rank and none on the other (more devices than batches)."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    rng = random.Random(3)
+    labels = scheme_labels(TYPES, "IOB2")
+    label_ids = {label: i for i, label in enumerate(labels)}
+    gold = [random_tags(rng, "IOB2", rng.randint(1, 10)) for _ in range(12)]
+    predicted = [[rng.choice(labels) if rng.random() < 0.3 else t for t in s] for s in gold]
+    batches = list(windowed_updates(gold, predicted, label_ids, rng))
+    parts = ([batches[0::3], [b for i, b in enumerate(batches) if i % 3]]
+             if split == "uneven" else [batches, []])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the workers inherit the imported modules instead of importing torch again
+    mp.start_processes(_distributed_worker, args=(2, port, parts, labels, tmp_path), nprocs=2,
+                       join=True, start_method="fork")
+    expected = seqeval_results(gold, predicted)
+    for rank in range(2):
+        values = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for score in ("precision", "recall", "f1", "accuracy"):
+            assert values[score] == pytest.approx(expected[score], abs=1e-7), (rank, score)

@@ -205,18 +205,21 @@ class EntityScore(Metric):
     def update(self, predicted: Tensor, gold: Tensor, word_index: Tensor,
                sentence_index: Tensor) -> None:
         tagged = word_index >= 0  # (B, T)
-        self.sentence_ids.append(sentence_index[:, None].expand_as(word_index)[tagged])
-        self.word_ids.append(word_index[tagged])
-        self.predicted.append(predicted[tagged])
-        self.gold.append(gold[tagged])
+        # Kept as float32 (exact for integers below 2**24): a process that saw no batch syncs
+        # torchmetrics' float32 placeholder, and gloo aborts when ranks' dtypes differ.
+        self.sentence_ids.append(sentence_index[:, None].expand_as(word_index)[tagged].float())
+        self.word_ids.append(word_index[tagged].float())
+        self.predicted.append(predicted[tagged].float())
+        self.gold.append(gold[tagged].float())
 
     def sentences(self) -> tuple[list[list[str]], list[list[str]]]:
         """(gold, predicted) tag sequences of every sentence seen, in sentence order."""
-        if not self.sentence_ids:
+        states = (self.sentence_ids, self.word_ids, self.predicted, self.gold)
+        if isinstance(self.sentence_ids, list) and not self.sentence_ids:
+            return [], []  # no update (lists until synced, then one tensor each)
+        sentence_ids, word_ids, predicted, gold = (dim_zero_cat(s).long() for s in states)
+        if not sentence_ids.numel():
             return [], []
-        sentence_ids, word_ids, predicted, gold = (
-            dim_zero_cat(state).long() for state in
-            (self.sentence_ids, self.word_ids, self.predicted, self.gold))
         key = sentence_ids * (int(word_ids.max()) + 1) + word_ids
         order = torch.argsort(key, stable=True)
         key, sentence_ids = key[order], sentence_ids[order]
