@@ -4,6 +4,7 @@
     bertzoo fit|validate|test|predict --task NAME --config RECIPE         any registered task
     bertzoo tasks                                                         the registry, as a table
     bertzoo export CKPT OUT_DIR                                           Hugging Face folder
+    bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
     bertzoo bench [--device cuda]                                         speed vs transformers
 
 `pretrain` and the task commands are LightningCLI (jsonargparse) underneath: every argument of
@@ -418,8 +419,14 @@ def cmd_bench(args: list[str]) -> int:
     return bench_main(args)
 
 
+def cmd_plot(args: list[str]) -> int:
+    from bertzoo.plot import main as plot_main
+    return plot_main(args)
+
+
 COMMANDS = {
     "pretrain": cmd_pretrain,
+    "plot": cmd_plot,
     "bench": cmd_bench,
     "tasks": cmd_tasks,
     "export": cmd_export,
@@ -460,6 +467,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
                                          TokenizerError, FileNotFoundError]
     if "bertzoo.tasks.base" in sys.modules:
         errors.append(sys.modules["bertzoo.tasks.base"].DataError)
+    if "bertzoo.plot" in sys.modules:
+        errors.append(sys.modules["bertzoo.plot"].PlotError)
     if "bertzoo.pretraining.corpus" in sys.modules:
         errors.append(sys.modules["bertzoo.pretraining.corpus"].CorpusError)
     return tuple(errors)

@@ -98,6 +98,14 @@ def test_pretrain_resume_checkpoint_and_export(tmp_path, corpus, monkeypatch):
     first_val = [r for r in csv.DictReader((straight / "metrics.csv").open()) if r["val/mlm_loss"]]
     assert float(first_val[-1]["val/mlm_loss"]) < float(first_val[0]["val/mlm_loss"])
 
+    # `bertzoo plot` draws the resumed run's whole history.
+    assert main(["plot", str(interrupted), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from bertzoo.plot import read_series
+    val_steps = [step for step, _ in read_series(interrupted / "metrics.csv")["mlm_loss"]["val"]]
+    assert val_steps == [1, 2, 5]  # validations after steps 2 (stop), 3 and 6, 0-based
+    assert main(["plot", str(tmp_path / "nowhere")]) == 1
+
     # The checkpoint is a backbone, and exports to a folder transformers reads.
     ckpt_path = straight / "checkpoints/last.ckpt"
     module = PretrainingModule(config=a["bertzoo"]["config"]).eval()
@@ -252,3 +260,18 @@ def test_pretraining_recipe_runs_with_tiny_overrides(recipe_path, tmp_path, corp
         args += ["--data.tokenizer", "null"]
     assert main(args) == 0
     assert list(tmp_path.glob("runs/pretrain/version_0/checkpoints/last.ckpt"))
+
+
+def test_demo_runs_the_tiny_recipe_and_exports(tmp_path, corpus, monkeypatch, capsys):
+    """`make demo` (python -m bertzoo.demo) with the corpus and model shrunk by overrides."""
+    from bertzoo.demo import main as demo
+    monkeypatch.chdir(tmp_path)
+    assert demo(["--data.train_files", str(corpus), "--data.tokenizer_vocab_size", "200",
+                 "--model.config", json.dumps(TINY_MODEL), "--data.max_seq_length", "48",
+                 "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "mlm_accuracy" in out and "nsp_accuracy" in out and "mlm baseline" in out
+    export_dir = tmp_path / "runs/pretrain/version_0/export"
+    assert f"export       {Path('runs/pretrain/version_0/export')}" in out
+    assert BertEncoder.from_pretrained(export_dir).config.hidden_size == 32

@@ -351,3 +351,40 @@ def test_tokenizer_without_mask_token_is_refused(tmp_path):
                                validation_documents=0)
     with pytest.raises(TokenizerError, match=r"no \[MASK\] token"):
         dm.setup("fit")
+
+
+def test_embedded_corpus_extraction(tmp_path):
+    """Module documents from docstrings and prose comments (code comments dropped); a class
+    with enough to say is its own document; help topics split at their headings."""
+    from bertzoo.pretraining.embedded import module_documents, topic_documents
+    source = tmp_path / "example.py"
+    source.write_text('''"""Tools for parsing widgets. The parser is fast."""
+
+# This comment explains the design. It reads as prose.
+x = 1  # trailing
+# y = compute(x)
+
+
+def parse(text):
+    """Parse one widget. Return a tree."""
+
+
+class Widget:
+    """A widget on the screen. It has a size."""
+
+    # Widgets are drawn lazily. Drawing is cached.
+    def draw(self):
+        """Draw the widget. Nothing is returned."""
+
+
+class Small:
+    """Too small to stand alone."""
+''')
+    module, widget = list(module_documents(source))
+    assert module == ["Tools for parsing widgets.", "The parser is fast.",
+                      "This comment explains the design.", "It reads as prose.",
+                      "Parse one widget.", "Return a tree.", "Too small to stand alone."]
+    assert widget == ["A widget on the screen.", "It has a size.", "Widgets are drawn lazily.",
+                      "Drawing is cached.", "Draw the widget.", "Nothing is returned."]
+    topics = list(topic_documents())
+    assert len(topics) > 79 and all(isinstance(s, str) for doc in topics for s in doc)

@@ -397,7 +397,8 @@ class PretrainingDataModule(L.LightningDataModule):
         if isinstance(documents, datasets.IterableDataset):
             return documents.map(tokenize_documents, **kwargs)
         return documents.map(
-            tokenize_documents, num_proc=self.num_proc, desc=f"tokenizing {split} documents",
+            tokenize_documents, num_proc=self.processes_for(len(documents)),
+            desc=f"tokenizing {split} documents",
             new_fingerprint=fingerprint(documents._fingerprint, "tokenize", PIPELINE_VERSION,
                                         self.tokenizer.to_str()), **kwargs)
 
@@ -423,10 +424,18 @@ class PretrainingDataModule(L.LightningDataModule):
         pool = DocumentPool(_ArrowDocuments(tokenized))
         return tokenized.map(
             build_instances, batched=True, with_indices=True, remove_columns=["sentence_ids"],
-            features=features, num_proc=self.num_proc, desc=f"building {split} instances",
+            features=features, num_proc=self.processes_for(len(tokenized)),
+            desc=f"building {split} instances",
             fn_kwargs={"config": config, "pool": pool, "duplicates": duplicates},
             new_fingerprint=fingerprint(tokenized._fingerprint, "instances", PIPELINE_VERSION,
                                         config, duplicates))
+
+    def processes_for(self, documents: int) -> int | None:
+        """`num_proc`, but no more processes than thousands of documents: starting a process
+        costs more than tokenizing a few hundred documents."""
+        if not self.num_proc or self.num_proc <= 1:
+            return None
+        return max(1, min(self.num_proc, documents // 1000)) or None
 
     @property
     def collator(self) -> MaskingCollator:
