@@ -355,3 +355,22 @@ def test_regression_run_keeps_the_best_pearson_checkpoint(tiny_backbone_dir, tmp
     callbacks = torch.load(best[0], weights_only=True)["callbacks"]
     state = next(v for k, v in callbacks.items() if k.startswith("BestCheckpoint{"))
     assert state["monitor"] == "val/pearson"
+
+
+def test_mean_pooling_reads_the_real_tokens_only(tiny_backbone_dir):
+    model = ClassificationModule(backbone=str(tiny_backbone_dir), num_labels=2, pooling="mean")
+    assert model.encoder.pooler is None  # not trained, so not kept
+    model.eval()
+    ids = torch.tensor([[2, 40, 41, 42, 3], [2, 50, 3, 0, 0]])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        logits = model(batch)
+        hidden = model.encoder(ids, mask).last_hidden_state
+        alone = model.encoder(ids[1:, :3]).last_hidden_state  # the short row without padding
+    expected = torch.stack([hidden[0].mean(0), alone[0].mean(0)])
+    torch.testing.assert_close(logits, model.classifier(expected))
+    hparams = {"num_labels": 2, "label_names": ["a", "b"], "pooling": "mean"}
+    assert ClassificationModule.hf_export({}, hparams) is None  # exported as the encoder alone
+    with pytest.raises(ValueError, match="model.pooling must be 'cls' or 'mean'"):
+        ClassificationModule(config="tiny", vocab_size=50, num_labels=2, pooling="max")

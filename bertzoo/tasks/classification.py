@@ -7,6 +7,11 @@ cross-entropy for single-label classification. As in Hugging Face's
 sigmoids, binary cross-entropy) and regression (K = 1, mean squared error, STS-B), so a trained
 model exports to that class (`bertzoo export`) with its label names as `id2label`.
 
+Where this departs from it: `pooling: mean` classifies the mean of the last hidden states over
+the real tokens instead of the pooled [CLS] state. Sentence-embedding checkpoints
+(sentence-transformers' all-MiniLM-L6-v2 and the like) were trained to put the meaning there,
+and their [CLS] pooler was never trained for it; such a model exports as its encoder only.
+
 Problem types (`data.problem_type`, linked to the model):
     single_label  one label per row; metrics accuracy, macro-F1, Matthews correlation
     multi_label   a list of labels per row (a JSON list, or one string split on
@@ -181,14 +186,20 @@ class ClassificationModule(TaskModule):
         label_names: Class names in id order. Linked from the data module; saved in the
             checkpoint and written into `predict` output.
         problem_type: single_label, multi_label or regression. Linked from the data module.
+        pooling: What the head reads: "cls", the pooled [CLS] state (BERT), or "mean", the
+            mean of the last hidden states over the real tokens (suits sentence-embedding
+            checkpoints such as all-MiniLM-L6-v2).
         multi_label_threshold: Probability above which a label is predicted (multi_label).
         **kwargs: The arguments of `TaskModule` (backbone, optimizer, schedule, ...).
     """
 
     def __init__(self, num_labels: int | None = None, label_names: list[str] | None = None,
                  problem_type: ProblemType = "single_label",
+                 pooling: Literal["cls", "mean"] = "cls",
                  multi_label_threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
         if num_labels is None:
             raise ValueError("model.num_labels is unknown: it is linked from the data module "
                              "(bertzoo fit); in Python pass num_labels=")
@@ -201,6 +212,9 @@ class ClassificationModule(TaskModule):
         self.label_names = list(label_names) if label_names else [
             str(i) for i in range(num_labels)]
         self.problem_type = problem_type
+        self.pooling = pooling
+        if pooling == "mean":
+            self.encoder.pooler = None  # unused: no parameters without gradients (DDP)
         self.multi_label_threshold = multi_label_threshold
         self.classifier = nn.Linear(self.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=self.encoder.config.initializer_range)
@@ -212,8 +226,12 @@ class ClassificationModule(TaskModule):
             else ("val/accuracy", "max")
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        pooled = self.encoder(batch["input_ids"], batch["attention_mask"],
-                              batch["token_type_ids"]).pooler_output  # (B, H)
+        out = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        if self.pooling == "cls":
+            pooled = out.pooler_output  # (B, H)
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
         return self.classifier(self.dropout(pooled))  # (B, num_labels)
 
     def loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
@@ -276,6 +294,8 @@ class ClassificationModule(TaskModule):
     @classmethod
     def hf_export(cls, state_dict: dict[str, Tensor], hparams: dict[str, Any]):
         """A `BertForSequenceClassification` folder: `classifier.*` and `id2label`."""
+        if hparams.get("pooling", "cls") != "cls":
+            return None  # no Hugging Face class reads the mean: export the encoder
         names = list(hparams.get("label_names") or [])
         num_labels = int(hparams["num_labels"])
         names = names or [f"LABEL_{i}" for i in range(num_labels)]
