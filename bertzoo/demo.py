@@ -51,26 +51,33 @@ def main(argv: list[str] | None = None) -> int:
 
     values = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
               if k.startswith("val/")}
-    data = cli.datamodule
+    data, bert = cli.datamodule, cli.model.encoder.config
+    parameters = sum(p.numel() for p in cli.model.parameters()) / 1e6
     baseline = values.get("mlm_majority_accuracy", float("nan"))
     accuracy = values.get("mlm_accuracy", float("nan"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    validation = data.instances.get("validation")
+    held_out = data.documents()["validation"]
+    pairs = data.instances.get("validation")
     print(f"""
-Pretrained a {cli.model.encoder.config.num_hidden_layers}-layer, width-{cli.model.encoder.config.hidden_size} BERT ({sum(p.numel() for p in cli.model.parameters()) / 1e6:.1f}M parameters) on {data.source_name()}:
-  {trainer.global_step} steps of {data.batch_size} sequences of up to {data.max_seq_length} tokens, {train_seconds:.0f} s of training ({wall:.0f} s with data preparation), {os.cpu_count()} CPU cores, 1-minute load average {load:.1f} at the end
+Pretrained a {bert.num_hidden_layers}-layer, width-{bert.hidden_size} BERT ({parameters:.1f}M \
+parameters) on {data.source_name()}:
+  {trainer.global_step} steps of {data.batch_size} sequences of up to {data.max_seq_length} \
+tokens in {train_seconds:.0f} s of training ({wall:.0f} s with data preparation);
+  {os.cpu_count()} CPU cores, 1-minute load average {load:.1f} at the end
 
-Validation on {len(data.documents()['validation'] or [])} held-out documents ({len(validation) if validation is not None else 0} sentence pairs):
-  mlm_accuracy           {accuracy:.4f}   ({accuracy / baseline if baseline else float('nan'):.1f}x the baseline)
+Validation on {len(held_out) if held_out is not None else 0} held-out documents \
+({len(pairs) if pairs is not None else 0} sentence pairs):
+  mlm_accuracy           {accuracy:.4f}   ({accuracy / baseline:.1f}x the baseline)
   mlm baseline           {baseline:.4f}   (always the most frequent masked token)
-  nsp_accuracy           {values.get('nsp_accuracy', float('nan')):.4f}   (chance: 0.5)
-  mlm_loss / perplexity  {values.get('mlm_loss', float('nan')):.3f} / {values.get('perplexity', float('nan')):.1f}
-  nsp_loss               {values.get('nsp_loss', float('nan')):.3f}
+  nsp_accuracy           {values.get("nsp_accuracy", float("nan")):.4f}   (chance: 0.5)
+  mlm_loss / perplexity  {values.get("mlm_loss", float("nan")):.3f} / \
+{values.get("perplexity", float("nan")):.1f}
+  nsp_loss               {values.get("nsp_loss", float("nan")):.3f}
 
 The model:
   checkpoint   {checkpoint}
   export       {export_dir}   (Hugging Face BertForPreTraining layout + tokenizer)
-  metrics      {run_dir / 'metrics.csv'}   (curves: bertzoo plot {run_dir})
+  metrics      {run_dir / "metrics.csv"}   (curves: bertzoo plot {run_dir})
 Load it with bertzoo.BertEncoder.from_pretrained("{export_dir}") or
 transformers.BertModel.from_pretrained("{export_dir}").""")
     return 0

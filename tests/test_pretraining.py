@@ -167,6 +167,7 @@ def test_training_step_logs_every_metric(tmp_path):
     module = PretrainingModule(config=TINY_MODEL, vocab_size=dm.vocab_size, max_seq_length=32,
                                learning_rate=1e-3, warmup=1)
     trainer = L.Trainer(max_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
+                        log_every_n_steps=1,
                         logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, use_distributed_sampler=False)

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
-import numpy as np
 import torch
 
 from bertzoo.config import ConfigError
@@ -74,16 +73,14 @@ class InstanceDataset(torch.utils.data.Dataset):
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         indices = [index for _, index in keys]
         columns = self.instances[indices]
-        return [{"input_ids": columns["input_ids"][k], "token_type_ids": columns["token_type_ids"][k],
+        return [{"input_ids": columns["input_ids"][k],
+                 "token_type_ids": columns["token_type_ids"][k],
                  "nsp_label": int(columns["nsp_label"][k]), "index": index,
                  "epoch": epoch if self.fixed_epoch is None else self.fixed_epoch}
                 for k, (epoch, index) in enumerate(keys)]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         return self.__getitems__([key])[0]
-
-    def lengths(self) -> np.ndarray:
-        return np.array([len(ids) for ids in self.instances["input_ids"]])
 
 
 class StreamedInstances(torch.utils.data.IterableDataset):
@@ -377,8 +374,8 @@ class PretrainingDataModule(L.LightningDataModule):
         path = cache / "tokenizer.json"
         with FileLock(str(cache / ".lock")):
             if not path.is_file():
-                log.info("training a %d-token WordPiece vocabulary on %s", self.tokenizer_vocab_size,
-                         self.source_name())
+                log.info("training a %d-token WordPiece vocabulary on %s",
+                         self.tokenizer_vocab_size, self.source_name())
                 with tokenizers_parallelism(self.num_workers == 0):
                     trained = train_tokenizer(texts=_sentences(train),
                                               vocab_size=self.tokenizer_vocab_size,

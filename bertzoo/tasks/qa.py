@@ -271,9 +271,10 @@ class QuestionAnsweringModule(TaskModule):
 
 
 # -------------------------------------------------------------------------- the registry entry
-def example_data(folder: Path) -> dict[str, Any]:
+def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, Any]:
     """A few questions in the official SQuAD v1.1 layout, with contexts long enough to need
-    two windows, for the generated registry tests."""
+    two windows, for the generated registry tests. With `like` (a recipe's `data:` section)
+    its article selections are kept in kind but pointed at the two articles written here."""
     import random
 
     from bertzoo.testing import sentences
@@ -298,7 +299,8 @@ def example_data(folder: Path) -> dict[str, Any]:
     path.write_text(json.dumps({"version": "1.1", "data": articles}))
     return {"train_file": str(path), "validation_file": str(path), "test_file": str(path),
             "predict_file": str(path), "validation_articles": "1", "test_articles": "1",
-            "max_length": 48, "doc_stride": 16}
+            "max_length": 48, "doc_stride": 16,
+            **({"train_articles": "0"} if (like or {}).get("train_articles") else {})}
 
 
 TASK = TaskSpec(
