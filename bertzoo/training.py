@@ -116,6 +116,26 @@ class StageMetrics(nn.ModuleDict):
     "test", each logging under "<stage>/<name>". (nn.Module has a `train` method, so the
     clones are registered as "train_metrics", ... .)"""
 
+def share_of_global_mean(local_mean: torch.Tensor, count: int) -> torch.Tensor:
+    """This process's term of a mean over every process's `count` items (masked tokens, tagged
+    tokens), given the mean over its own.
+
+    DDP averages gradients over the W processes, so each must return sum_r * W / global count
+    for the average to be the global mean; a plain per-process mean weights a process holding
+    few items as much as one holding many, and the run then differs from one process on the
+    same global batch. One all-reduce of the count; with a single process the mean is returned
+    unchanged. Every process must call it at the same step (training steps are equal in number
+    everywhere: the batch sampler drops an incomplete last global batch under DDP).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return local_mean
+    world_size = torch.distributed.get_world_size()
+    global_count = torch.tensor(count, dtype=torch.long, device=local_mean.device)
+    torch.distributed.all_reduce(global_count)
+    return local_mean * (count * world_size / max(1, int(global_count)))
+
+
     def __init__(self, collection):
         super().__init__({f"{stage}_metrics": collection.clone(prefix=f"{stage}/")
                           for stage in ("train", "val", "test")})
@@ -125,6 +145,10 @@ class StageMetrics(nn.ModuleDict):
 
 
 class BertModule(L.LightningModule):
+        # A training step logs its batch's value: under DDP that must be the whole global
+        # batch's, as one process would log, not rank 0's share (no cost on one process).
+        for metric in self["train"].values():
+            metric.dist_sync_on_step = True
     """Base of every bertzoo LightningModule.
 
     Subclasses build `self.encoder` with `build_encoder(...)`, their heads, and a

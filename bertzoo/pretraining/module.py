@@ -16,6 +16,14 @@ metrics on every batch.
 Dropout randomness is re-seeded every training step from (seed, global step, rank): like the
 masking it is then a pure function of where training is, and a run resumed from a checkpoint
 draws the same dropout masks as one that never stopped.
+
+Several processes (DDP) train exactly as one process on the same global batch would (tested in
+tests/test_distributed.py, with dropout off: each rank draws its own dropout masks). The MLM
+loss is a mean over the masked tokens of the whole global batch, whose ranks hold different
+numbers of them, so each rank's term is scaled by its share of the global count
+(`share_of_global_mean`). The logged `val/loss` and `test/loss` are the stage's masked-token
+mean MLM loss plus its pair mean NSP loss (`val/mlm_loss + val/nsp_loss`), which no way of
+splitting the data into batches or ranks changes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from torch import Tensor, nn
 
 from bertzoo.config import ConfigError
 from bertzoo.model import IGNORE_INDEX, BertForPreTraining
-from bertzoo.training import BertModule, build_encoder
+from bertzoo.training import BertModule, build_encoder, share_of_global_mean
 
 log = logging.getLogger("bertzoo")
 
@@ -63,6 +71,28 @@ class MajorityAccuracy(torchmetrics.Metric):
 
     def compute(self) -> Tensor:
         return self.counts.max().float() / self.counts.sum().clamp(min=1)
+
+
+class PretrainingLoss(torchmetrics.Metric):
+    """MLM loss averaged over masked tokens plus NSP loss averaged over pairs, accumulated over a
+    stage: the same value whatever the batch size or number of devices."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name in ("mlm_total", "mlm_count", "nsp_total", "nsp_count"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mlm_loss: Tensor, masked: int, nsp_loss: Tensor, pairs: int) -> None:
+        self.mlm_total += mlm_loss.double() * masked
+        self.mlm_count += masked
+        self.nsp_total += nsp_loss.double() * pairs
+        self.nsp_count += pairs
+
+    def compute(self) -> Tensor:
+        return (self.mlm_total / self.mlm_count.clamp(min=1)
+                + self.nsp_total / self.nsp_count.clamp(min=1)).float()
 
 
 class PretrainingModule(BertModule):
@@ -127,6 +157,7 @@ class PretrainingModule(BertModule):
         }, compute_groups=False))
 
     @property
+        self.stage_loss = nn.ModuleDict({"val": PretrainingLoss(), "test": PretrainingLoss()})
     def encoder(self) -> nn.Module:
         """The BERT encoder (inside `self.model`, so its parameters have one name each)."""
         return self.model.encoder
@@ -187,12 +218,18 @@ class PretrainingModule(BertModule):
 
     def _step(self, stage: str, batch: dict[str, Tensor]) -> Tensor:
         out = self(batch)
-        if stage == "train" and not self._measured():
-            return out.loss
-        metrics = self.metrics[stage]
         masked = int(out.mlm_labels.numel())
         batch_size = int(batch["input_ids"].shape[0])
         mlm_loss, nsp_loss = out.mlm_loss.detach(), out.nsp_loss.detach()
+        loss = out.loss
+        if stage == "train":
+            # Under DDP: this rank's term of the global batch's mean (see the module docstring).
+            mlm_term = share_of_global_mean(out.mlm_loss, masked)
+            if mlm_term is not out.mlm_loss:
+                loss = mlm_term + out.nsp_loss
+            if not self._measured():
+                return loss
+        metrics = self.metrics[stage]
         call = (lambda metric, *args, **kw: metric(*args, **kw)) if stage == "train" else (
             lambda metric, *args, **kw: metric.update(*args, **kw))
         if masked:
@@ -202,8 +239,13 @@ class PretrainingModule(BertModule):
             call(metrics["mlm_majority_accuracy"], out.mlm_labels)
         call(metrics["nsp_loss"], nsp_loss, weight=batch_size)
         call(metrics["nsp_accuracy"], out.nsp_logits.detach(), batch["nsp_labels"])
-        self.log_stage(stage, {"loss": out.loss.detach(), **metrics}, batch_size)
-        return out.loss
+        if stage == "train":
+            logged_loss = loss.detach()  # synced as the mean over ranks: the global batch's
+        else:
+            logged_loss = self.stage_loss[stage]
+            logged_loss.update(mlm_loss, masked, nsp_loss, batch_size)
+        self.log_stage(stage, {"loss": logged_loss, **metrics}, batch_size)
+        return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step("train", batch)
@@ -215,4 +257,5 @@ class PretrainingModule(BertModule):
         self._step("test", batch)
 
 
-__all__ = ["PretrainingModule", "Perplexity", "MajorityAccuracy", "IGNORE_INDEX"]
+__all__ = ["PretrainingModule", "PretrainingLoss", "Perplexity", "MajorityAccuracy",
+           "IGNORE_INDEX"]

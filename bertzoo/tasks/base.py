@@ -102,6 +102,12 @@ class TaskModule(BertModule):
         self._metrics: nn.ModuleDict | None = None
 
     @property
+        # Evaluation losses are accumulated as metrics (float sums synced by torchmetrics):
+        # Lightning's own epoch mean of a logged tensor averages its integer batch-size count
+        # across ranks with integer division (43 rows on 2 ranks count as 42; Lightning 2.6).
+        import torchmetrics
+        self.stage_loss = nn.ModuleDict({"val": torchmetrics.MeanMetric(),
+                                         "test": torchmetrics.MeanMetric()})
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
@@ -126,6 +132,12 @@ class TaskModule(BertModule):
 
     def finalize_predictions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All decoded rows of a prediction run (gathered from every device) -> final rows."""
+    def loss_weight(self, batch: dict[str, Any]) -> int:
+        """How many items `loss` averages over (default: the rows). An epoch's validation and
+        test loss is the mean of the batches' losses weighted by this, so a task whose loss is
+        a mean over tokens logs the token mean, whatever the batches or devices."""
+        return int(batch["input_ids"].shape[0])
+
         return sorted(rows, key=lambda row: row["index"])
 
     def prediction_files(self, rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -151,6 +163,12 @@ class TaskModule(BertModule):
         if stage != "train" or self.train_metrics:
             collection = self.metrics[stage]
             args = self.metric_update(outputs, batch)
+        if stage != "train":
+            # weighted by the loss's own count, so a mean over tokens stays one on any number
+            # of devices (training steps hold equal rows everywhere; the task makes its loss
+            # global there, see NerModule.loss)
+            self.stage_loss[stage].update(loss.detach(), weight=self.loss_weight(batch))
+            values["loss"] = self.stage_loss[stage]
             if stage == "train":
                 collection(*args)  # forward: also gives the per-step value to log
             else:

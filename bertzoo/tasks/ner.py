@@ -41,6 +41,7 @@ from bertzoo.tasks.conll import (canonical_scheme, inside_label, read_conll, sch
                                  split_tag, tag_problem, write_conll)
 from bertzoo.tasks.entity_metrics import entity_metrics, get_entities
 from bertzoo.tasks.registry import TaskSpec
+from bertzoo.training import share_of_global_mean
 
 IGNORE_INDEX = -100  # label of tokens that carry none (cross-entropy's ignore_index)
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -380,8 +381,20 @@ class NerModule(TaskModule):
         return self.classifier(self.dropout(hidden))  # (B, T, labels)
 
     def loss(self, outputs: Tensor, batch: dict[str, Any]) -> Tensor:
-        return F.cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
-                               ignore_index=IGNORE_INDEX)
+        """Mean cross-entropy over the labelled tokens (a word's first piece). In training under
+        DDP, over the labelled tokens of the whole global batch: the ranks hold different
+        numbers of them (`share_of_global_mean`)."""
+        labelled = self.loss_weight(batch)
+        if labelled == 0:  # nothing to learn from, but every parameter stays in the graph
+            loss = outputs.sum() * 0.0
+        else:
+            loss = F.cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
+                                   ignore_index=IGNORE_INDEX)
+        # every rank takes part in the all-reduce, with or without labelled tokens
+        return share_of_global_mean(loss, labelled) if self.training else loss
+
+    def loss_weight(self, batch: dict[str, Any]) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())
 
     def build_metrics(self):
         return entity_metrics(self.label_names)

