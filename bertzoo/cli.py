@@ -72,7 +72,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
     """The Trainer setup every bertzoo run shares; any of it can be overridden by a recipe."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bertzoo.training import BestCheckpoint, TokensPerSecond
+    from bertzoo.training import (BestCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss,
+                                  TokensPerSecond)
     logger_args = {"save_dir": RUNS_DIR, "name": name, "version": version}  # -> version_<n>
     # bertzoo's CSVLogger keeps metrics.csv when `--ckpt_path last` resumes in the run's folder.
     loggers = [{"class_path": "bertzoo.training.AppendingCSVLogger", "init_args": logger_args}]
@@ -88,6 +89,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
                        filename="best-{step}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
         TokensPerSecond(),
+        StopOnNonFiniteLoss(),  # a NaN loss stops the run before it is checkpointed
+        SaveOnInterrupt(),  # Ctrl-C: finish the step, save last.ckpt, stop
     ]
     try:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -96,6 +99,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
     except ImportError:
         pass
     return {"logger": loggers, "callbacks": callbacks, "default_root_dir": RUNS_DIR,
+            # checkpoints written to a temporary name, then renamed; read with weights_only
+            "plugins": [{"class_path": "bertzoo.training.AtomicCheckpointIO"}],
             "use_distributed_sampler": False}  # bertzoo's samplers shard by rank themselves
 
 
@@ -158,7 +163,15 @@ def fill_from_checkpoint(config, subclass_mode: bool = False) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and Path(ckpt_path).is_file() and "backbone" in model:
         import torch
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+
+        from bertzoo.checkpoint import CheckpointError
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # truncated, not a checkpoint, or pickled objects
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a "
+                f"crash while it was copied, or not written by torch.save") from err
         info = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
         if info is not None:
             model.backbone, model.config = None, info["config"]
@@ -449,12 +462,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = COMMANDS[command](rest)
         return result if isinstance(result, int) else 0
+    except interruptions() as interrupted:
+        print(f"bertzoo {command}: stopped: {interrupted}", file=sys.stderr)
+        return 130  # the shell's status for a run ended by Ctrl-C
     except user_errors() as err:
         if os.environ.get("BERTZOO_TRACEBACK"):
             raise
         # Bad input, explained by the message itself: no traceback (BERTZOO_TRACEBACK=1 shows it).
         print(f"bertzoo {command}: error: {err}", file=sys.stderr)
         return 1
+
+
+def interruptions() -> tuple[type[BaseException], ...]:
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving where it was."""
+    training = sys.modules.get("bertzoo.training")  # not imported by `bertzoo tasks`, `plot`
+    return (training.TrainingInterrupted,) if training else ()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -465,6 +487,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from bertzoo.tokenizer import TokenizerError
     errors: list[type[BaseException]] = [CheckpointError, ConfigError, TaskError,
                                          TokenizerError, FileNotFoundError]
+    if "bertzoo.training" in sys.modules:
+        errors.append(sys.modules["bertzoo.training"].NonFiniteLossError)
     if "bertzoo.tasks.base" in sys.modules:
         errors.append(sys.modules["bertzoo.tasks.base"].DataError)
     if "bertzoo.plot" in sys.modules:

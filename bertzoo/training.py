@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from bertzoo.checkpoint import CKPT_KEY
@@ -110,12 +116,6 @@ def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
     return multiplier
 
 
-# ------------------------------------------------------------------------------ base module
-class StageMetrics(nn.ModuleDict):
-    """One clone of a `MetricCollection` per stage, looked up as `metrics["train"]`, "val",
-    "test", each logging under "<stage>/<name>". (nn.Module has a `train` method, so the
-    clones are registered as "train_metrics", ... .)"""
-
 def share_of_global_mean(local_mean: torch.Tensor, count: int) -> torch.Tensor:
     """This process's term of a mean over every process's `count` items (masked tokens, tagged
     tokens), given the mean over its own.
@@ -136,19 +136,25 @@ def share_of_global_mean(local_mean: torch.Tensor, count: int) -> torch.Tensor:
     return local_mean * (count * world_size / max(1, int(global_count)))
 
 
+# ------------------------------------------------------------------------------ base module
+class StageMetrics(nn.ModuleDict):
+    """One clone of a `MetricCollection` per stage, looked up as `metrics["train"]`, "val",
+    "test", each logging under "<stage>/<name>". (nn.Module has a `train` method, so the
+    clones are registered as "train_metrics", ... .)"""
+
     def __init__(self, collection):
         super().__init__({f"{stage}_metrics": collection.clone(prefix=f"{stage}/")
                           for stage in ("train", "val", "test")})
+        # A training step logs its batch's value: under DDP that must be the whole global
+        # batch's, as one process would log, not rank 0's share (no cost on one process).
+        for metric in self["train"].values():
+            metric.dist_sync_on_step = True
 
     def __getitem__(self, stage: str):
         return super().__getitem__(f"{stage}_metrics")
 
 
 class BertModule(L.LightningModule):
-        # A training step logs its batch's value: under DDP that must be the whole global
-        # batch's, as one process would log, not rank 0's share (no cost on one process).
-        for metric in self["train"].values():
-            metric.dist_sync_on_step = True
     """Base of every bertzoo LightningModule.
 
     Subclasses build `self.encoder` with `build_encoder(...)`, their heads, and a
@@ -199,19 +205,45 @@ class BertModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from bertzoo.checkpoint import CheckpointError
+        source = (getattr(self.trainer, "ckpt_path", None) if self._trainer else None) \
+            or "this checkpoint"
         info = checkpoint.get(CKPT_KEY)
         if info is None:
-            raise ValueError("this checkpoint was not written by a bertzoo module (no 'bertzoo' "
-                             "entry); pass it as model.backbone rather than --ckpt_path")
+            raise CheckpointError(f"{source} was not written by a bertzoo module (no 'bertzoo' "
+                                  f"entry); pass it as model.backbone rather than --ckpt_path")
         written_by = info.get("module")
         mine = f"{type(self).__module__}.{type(self).__qualname__}"
         if written_by and written_by != mine:
-            raise ValueError(
-                f"this checkpoint was written by {written_by}, not {mine}: --ckpt_path resumes "
-                f"the same module; to start a new task from it, pass it as model.backbone")
+            raise CheckpointError(
+                f"{source} was written by {_describe_module(written_by)}, but this run is "
+                f"{_describe_module(mine)}: --ckpt_path resumes the same module; to start a "
+                f"new task from that checkpoint, pass it as --model.backbone")
         if info.get("tokenizer") and self.tokenizer is None:
             from tokenizers import Tokenizer
             self.tokenizer = Tokenizer.from_str(info["tokenizer"])
+
+    def on_train_start(self) -> None:
+        # Lightning (2.6) restores the training data loader's position only when it builds the
+        # loader after restoring the checkpoint; `configure_optimizers` asking for
+        # `estimated_stepping_batches` (the schedule's length, without max_steps) builds it
+        # before, and the resumed run then restarted the epoch from its first batch. Apply the
+        # saved position now, before the first batch is drawn.
+        loop = self.trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None) and loop.restarting \
+                and loop._combined_loader is not None and loop._data_fetcher is not None:
+            loop._load_combined_loader_states()
+            iter(loop._data_fetcher)  # a new iterator, starting where the checkpoint was
+
+    # -- randomness that resumes exactly
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Re-seed torch's generator (dropout) from (seed, global step, rank), so that dropout
+        is a pure function of where training is: a run resumed from a checkpoint draws the same
+        masks as one that never stopped (Lightning does not checkpoint RNG states)."""
+        seed = getattr(self, "seed", None)
+        seed = seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sequence = np.random.SeedSequence([seed, self.global_step, self.global_rank])
+        torch.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))
 
     # -- optimizer and schedule
     def configure_optimizers(self):
@@ -253,6 +285,14 @@ class BestCheckpoint(ModelCheckpoint):
             self.monitor, self.mode = chosen
             self.kth_value = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
         super().setup(trainer, pl_module, stage)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning saves last.ckpt at the end only if no last.ckpt was saved before, so a run
+        # whose final step is not followed by a validation kept an older last.ckpt, and
+        # `--ckpt_path last` redid the steps after it. Save the final state whenever it is new.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 class TokensPerSecond(Callback):
@@ -324,3 +364,174 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+# ------------------------------------------------------------------------------- reliability
+def _describe_module(qualified_name: str) -> str:
+    """'bertzoo.tasks.ner.NerModule' -> "bertzoo.tasks.ner.NerModule (task 'ner')"."""
+    names = {"bertzoo.pretraining.module.PretrainingModule": "pretrain"}
+    try:
+        from bertzoo.tasks.registry import list_tasks
+        for task in list_tasks():
+            if task.spec is not None:
+                module = task.spec.module
+                names.setdefault(f"{module.__module__}.{module.__qualname__}", task.name)
+    except Exception:  # naming the task is a courtesy; a broken registry must not hide the error
+        pass
+    task = names.get(qualified_name)
+    if task == "pretrain":
+        return f"{qualified_name} (bertzoo pretrain)"
+    return f"{qualified_name} (task {task!r})" if task else qualified_name
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary name in the same folder, flushed to disk, then
+    renamed over the old file (`bertzoo.checkpoint.atomic_write`): a crash or a full disk while
+    saving leaves the previous checkpoint whole, and no temporary file behind. (Lightning's own
+    writer serialises the whole checkpoint into memory first, a second copy of it.)
+
+    Loading reads with `torch.load(weights_only=True)` (tensors and plain containers only; a
+    bertzoo checkpoint holds nothing else) and names the file when it cannot be read.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec
+        from bertzoo.checkpoint import atomic_write
+
+        def write(tmp: str) -> None:
+            torch.save(checkpoint, tmp)
+            with open(tmp, "rb") as file:
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+
+        atomic_write(path, write)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None):
+        from bertzoo.checkpoint import CheckpointError
+        if "://" not in str(path) and not Path(path).is_file():
+            raise FileNotFoundError(f"no such checkpoint: {path}")
+        try:
+            return super().load_checkpoint(
+                path, map_location=map_location or "cpu",
+                weights_only=True if weights_only is None else weights_only)
+        except Exception as err:  # truncated, not a checkpoint, or a pickle of arbitrary objects
+            raise CheckpointError(
+                f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a "
+                f"crash while it was copied, or not written by torch.save") from err
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the stage, metric and step."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops the run at the first non-finite training loss (every step) or validation loss
+    (every validation), before any checkpoint of that state is written: checkpoint callbacks
+    run after all others, so last.ckpt stays the last good state. Under DDP the decision is
+    shared, so that every process stops at the same step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            value = loss.detach().float().cpu().flatten()[0].item() if loss.numel() else loss
+            self._stop(trainer, f"train/loss is {value if not finite else 'non-finite'}",
+                       f"at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+                       f"{batch_idx} of the epoch)")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        bad = sorted(name for name, value in trainer.callback_metrics.items()
+                     if name.startswith("val/") and "loss" in name
+                     and isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()))
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            named = ", ".join(f"{n} is {trainer.callback_metrics[n].item()}" for n in bad)
+            self._stop(trainer, named or "a validation loss is non-finite",
+                       f"in the validation after step {trainer.global_step}")
+
+    @staticmethod
+    def _stop(trainer, what: str, where: str) -> None:
+        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        kept = (f"the last good checkpoint is {checkpoint}" if checkpoint and
+                Path(checkpoint).is_file() else "no checkpoint was saved before it")
+        raise NonFiniteLossError(
+            f"{what} {where}; stopped without saving this state ({kept}). Usual causes: a "
+            f"learning rate too high for the batch size (lower model.learning_rate or lengthen "
+            f"model.warmup), fp16 overflow (try trainer.precision=bf16-mixed or 32), or no "
+            f"gradient clipping (trainer.gradient_clip_val=1.0)")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C (or SIGTERM) once the current step finished and was checkpointed."""
+
+    def __init__(self, message: str, checkpoint: str | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class SaveOnInterrupt(Callback):
+    """Ctrl-C during training finishes the current step, writes checkpoints/last.ckpt (a state
+    `--ckpt_path last` resumes exactly), and stops; a second Ctrl-C stops at once without
+    saving. A SIGTERM (a scheduler preempting the job) is handled the same way through
+    Lightning's own flag.
+
+    The checkpoint is written at the end of a training step, where Lightning's periodic
+    checkpoints are written too, so the loop counters, the data loader's position and the
+    optimizer agree; an interrupt in the middle of a step would save a state that does not.
+    Under DDP every process stops at the same step: the flag is shared each step (a one-element
+    all-reduce)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous_handler = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.requested = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:  # the second Ctrl-C: stop now, save nothing
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = "Ctrl-C"
+        print("\nCtrl-C: finishing this training step, then saving a checkpoint to resume from "
+              "(press Ctrl-C again to stop at once without saving)", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        requested = self.requested or ("SIGTERM" if trainer.received_sigterm else None)
+        if not trainer.strategy.reduce_boolean_decision(requested is not None, all=False):
+            return
+        path = None
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.dirpath:
+            path = str(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}"
+                                                f"{callback.FILE_EXTENSION}")
+            # Recorded before saving: the resumed run's callback then knows last.ckpt as its
+            # own and overwrites it (an unknown one would make it write last-v1.ckpt).
+            callback.last_model_path = path
+            trainer.save_checkpoint(path)
+            callback._last_global_step_saved = trainer.global_step  # nothing newer to save
+        self._restore()
+        raise TrainingInterrupted(
+            f"{requested or 'interrupt'} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); " + (f"saved {path}. Resume with the same command and "
+                                             f"--ckpt_path last (or --ckpt_path {path})"
+                                             if path else "checkpointing is off: nothing saved"),
+            path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

@@ -469,7 +469,9 @@ class TaskDataModule(L.LightningDataModule):
         return [len(ids) for ids in self.datasets[split]["input_ids"]]
 
     def _loader(self, split: str, train: bool):
-        from torch.utils.data import DataLoader
+        # Stateful: Lightning saves its position (and the sampler's) in every checkpoint, so a
+        # run resumed mid-epoch continues with the next batch instead of restarting the epoch.
+        from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
         dataset = self.datasets[split]
         lengths = self.lengths(split) if self.group_by_length else None
         sampler = BatchSampler(len(dataset), self.batch_size if train else self.eval_batch_size,
