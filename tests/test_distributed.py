@@ -204,3 +204,36 @@ def test_task_two_processes_equal_one(name, tmp_path, backbone_without_dropout,
     single = fit(tmp_path / "one", 1, make_model, make_datamodule)
     double = fit(tmp_path / "two", 2, make_model, make_datamodule)
     assert_same_run(single, double)
+
+
+# --------------------------------------------------------------------------------- prediction
+def predict(folder: Path, world_size: int, make_model, make_datamodule) -> dict[str, str]:
+    """`bertzoo predict`'s writer under `world_size` processes: the files it wrote."""
+    from bertzoo.tasks.base import PredictionWriter
+    folder.mkdir(parents=True)
+    L.seed_everything(7)
+    model, datamodule = make_model(), make_datamodule(2)
+    trainer = L.Trainer(accelerator="cpu", devices=world_size,
+                        strategy="ddp_fork" if world_size > 1 else "auto",
+                        use_distributed_sampler=False, logger=False,
+                        callbacks=[PredictionWriter(str(folder))], enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.predict(model, datamodule, return_predictions=False)
+    return {path.name: path.read_text() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_predict_under_ddp_writes_one_merged_file(name, tmp_path, backbone_without_dropout):
+    (tmp_path / "data").mkdir()
+    make_model, make_datamodule = task_factories(name, backbone_without_dropout,
+                                                 tmp_path / "data")
+    single = predict(tmp_path / "one", 1, make_model, make_datamodule)
+    double = predict(tmp_path / "two", 2, make_model, make_datamodule)
+    assert single and double.keys() == single.keys(), f"{name}: {sorted(double)}"
+    inputs = len(make_datamodule(2).raw("predict"))
+    for file_name, text in double.items():
+        if file_name.endswith(".jsonl"):
+            rows = [json.loads(line) for line in text.splitlines()]
+            # every input row once, in input order (rank 1 predicted half of them)
+            assert [row["index"] for row in rows] == list(range(inputs)), file_name
+        assert text == single[file_name], f"{name}: {file_name} differs from 1 process"

@@ -534,7 +534,17 @@ class PredictionWriter(L.Callback):
         self.written: list[Path] = []
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        rows = [row for batch in trainer.predict_loop.predictions for row in batch]
+        rows, self._rows = self._rows, []
+        self._rows: list[dict[str, Any]] = []
+
+    # The rows are collected here rather than read from `trainer.predict_loop.predictions`,
+    # which Lightning leaves empty under the forking and spawning DDP strategies.
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self._rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                             dataloader_idx=0) -> None:
+        self._rows.extend(outputs)
         if trainer.world_size > 1:
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
