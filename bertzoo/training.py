@@ -286,13 +286,27 @@ class BestCheckpoint(ModelCheckpoint):
             self.kth_value = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
         super().setup(trainer, pl_module, stage)
 
+    # Lightning (2.6) rewrites last.ckpt only when it also saves a best checkpoint (an
+    # improvement), and at the end only if no last.ckpt was ever saved: last.ckpt lagged
+    # behind, and `--ckpt_path last` redid the steps after it. bertzoo's last.ckpt is the
+    # state at every validation (or epoch end, without validation) and at the end of training.
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_new(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_new(trainer)
+
     def on_train_end(self, trainer, pl_module) -> None:
-        # Lightning saves last.ckpt at the end only if no last.ckpt was saved before, so a run
-        # whose final step is not followed by a validation kept an older last.ckpt, and
-        # `--ckpt_path last` redid the steps after it. Save the final state whenever it is new.
+        self._save_last_if_new(trainer)
+        super().on_train_end(trainer, pl_module)
+
+    def _save_last_if_new(self, trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)
 
 
 class TokensPerSecond(Callback):

@@ -142,3 +142,137 @@ def test_classification_interrupted_mid_epoch_resumes_bitwise(tiny_backbone_dir,
     assert resumed["global_step"] == 12
     assert_bitwise_equal(straight["state_dict"], resumed["state_dict"])
     assert_same_optimizer_state(straight, resumed)
+
+
+# ------------------------------------------------------------------------ interrupts, NaN, atomic
+class SignalAtStep(L.Callback):
+    """Sends this process `signal_name` `times` times while step `step` (from 1) runs."""
+
+    def __init__(self, step: int, signal_name: str = "SIGINT", times: int = 1):
+        self.step, self.signal_name, self.times = step, signal_name, times
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class PoisonAt(L.Callback):
+    """Fills the classifier's weights with NaN before training step `step` (from 1), or before
+    the validation that follows it with `validation=True`."""
+
+    def __init__(self, step: int, validation: bool = False):
+        self.step, self.validation = step, validation
+
+    def _poison(self, trainer, pl_module):
+        with torch.no_grad():
+            pl_module.classifier.weight.fill_(float("nan"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.validation and trainer.global_step + 1 == self.step:
+            self._poison(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.validation and trainer.global_step == self.step:
+            self._poison(trainer, pl_module)
+
+
+@pytest.fixture
+def classification_args(tiny_backbone_dir, tmp_path, monkeypatch) -> list[str]:
+    from bertzoo.tasks.classification import example_data
+    data = example_data(tmp_path)  # 24 training rows: 6 batches of 4 per epoch
+    monkeypatch.chdir(tmp_path)
+    return ["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+            f"--data.train_file={data['train_file']}",
+            f"--data.validation_file={data['validation_file']}", "--data.batch_size=4",
+            "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def test_sigterm_saves_like_ctrl_c_and_a_second_ctrl_c_stops_without_saving(
+        classification_args, tmp_path, capsys):
+    checkpoints = tmp_path / "runs/classification/version_0/checkpoints"
+    assert main([*classification_args, callback(SignalAtStep, step=2,
+                                                  signal_name="SIGTERM")]) == 130
+    assert "stopped: SIGTERM at step 2 (epoch 0)" in capsys.readouterr().err
+    assert load(checkpoints / "last.ckpt")["global_step"] == 2
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's own KeyboardInterrupt exit
+            main([*classification_args, callback(SignalAtStep, step=2, times=2)])
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores SIGINT while shutting down
+    assert not (tmp_path / "runs/classification/version_1/checkpoints/last.ckpt").exists()
+
+
+@pytest.mark.parametrize("validation", [False, True], ids=["train-loss", "val-loss"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(classification_args,
+                                                                  validation, tmp_path, capsys):
+    """NaN weights from step 8 (epoch 1) on: the run stops with the step and metric named;
+    last.ckpt is still the end of epoch 0 (step 6), finite, and resumable."""
+    assert main([*classification_args, callback(PoisonAt, step=8, validation=validation),
+                 "--trainer.val_check_interval=2" if validation else "--trainer.max_epochs=2"]
+                ) == 1
+    err = capsys.readouterr().err
+    last = tmp_path / "runs/classification/version_0/checkpoints/last.ckpt"
+    where = ("val/loss is nan in the validation after step 8" if validation
+             else "train/loss is nan at step 8 (epoch 1, batch 1 of the epoch)")
+    assert f"bertzoo fit: error: {where}; stopped without saving this state (the last good " \
+           f"checkpoint is {last.relative_to(tmp_path)})" in err
+    kept = load(last)
+    assert kept["global_step"] == 6
+    assert all(bool(torch.isfinite(t).all()) for t in kept["state_dict"].values())
+    assert not list(last.parent.glob("*8*.ckpt"))
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(classification_args,
+                                                                   tmp_path, monkeypatch):
+    """torch.save writes half a file and fails (a full disk, a killed job) while the second
+    last.ckpt is written: the first last.ckpt is untouched and resumable; no temporary file
+    is left beside it."""
+    real_save = torch.save
+    calls = {"last": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        if "last.ckpt" in str(f):
+            calls["last"] += 1
+            if calls["last"] == 2:
+                Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a torn zip archive
+                raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left on device"):
+        main(classification_args)
+    monkeypatch.setattr(torch, "save", real_save)
+    checkpoints = tmp_path / "runs/classification/version_0/checkpoints"
+    assert calls["last"] == 2
+    names = sorted(p.name for p in checkpoints.iterdir())  # hidden temporary files too
+    assert len(names) == 2 and names[0].startswith("best-") and names[1] == "last.ckpt", names
+    assert load(checkpoints / "last.ckpt")["global_step"] == 6
+    assert main([*classification_args, "--ckpt_path", "last"]) == 0  # and it resumes
+    assert load(checkpoints / "last.ckpt")["global_step"] == 12
+
+
+class Payload:
+    """Any object a pickle would construct (and could run code while doing so); harmless here."""
+
+
+def test_checkpoint_io_reads_with_weights_only_and_names_a_bad_file(tmp_path):
+    from bertzoo.checkpoint import CheckpointError
+    from bertzoo.training import AtomicCheckpointIO
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"a": (1, 2)}},
+                       tmp_path / "good.ckpt")
+    assert torch.equal(io.load_checkpoint(tmp_path / "good.ckpt")["state_dict"]["w"],
+                       torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["good.ckpt"]
+
+    torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "objects.ckpt")
+    with pytest.raises(CheckpointError, match=r"objects.ckpt is not a readable checkpoint "
+                                              r"\(UnpicklingError: Weights only load failed"):
+        io.load_checkpoint(tmp_path / "objects.ckpt")
+    (tmp_path / "torn.ckpt").write_bytes((tmp_path / "good.ckpt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="torn.ckpt is not a readable checkpoint"):
+        io.load_checkpoint(tmp_path / "torn.ckpt")
