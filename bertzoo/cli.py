@@ -105,6 +105,74 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
 
 
 # ----------------------------------------------------------------------------- LightningCLI
+def suggest_closest_key(message: str, parser) -> str:
+    """jsonargparse's "... does not accept option 'data.text_colum'" with the closest key the
+    parser knows appended ("did you mean 'data.text_column'?")."""
+    import difflib
+    import re
+    found = re.search(r"(?:Subcommand '[\w-]+'|Group '([\w.]+)') does not accept option "
+                      r"'([\w.]+)'", message)
+    on_command_line = re.search(r"unrecognized arguments: --([\w.]+)", message)
+    if found:
+        unknown = f"{found.group(1)}.{found.group(2)}" if found.group(1) else found.group(2)
+    elif on_command_line:
+        unknown = on_command_line.group(1)
+    else:
+        return message
+    known = {action.dest for action in getattr(parser, "_actions", ())
+             if isinstance(getattr(action, "dest", None), str)}
+    closest = difflib.get_close_matches(unknown, sorted(known), n=1, cutoff=0.6)
+    if not closest:
+        return message
+    return f"{message}; did you mean '{'--' if on_command_line and not found else ''}" \
+           f"{closest[0]}'?"
+
+
+def checkpoint_for_cli(path: str):
+    """A --ckpt_path checkpoint read without running pickled code, or a CheckpointError that
+    names the file (a truncated copy gave a raw unpickling traceback)."""
+    import torch
+
+    from bertzoo.checkpoint import CheckpointError
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated, not a checkpoint, or pickled objects
+        raise CheckpointError(
+            f"--ckpt_path {path} is not a readable checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a crash "
+            f"while it was copied, or not written by torch.save") from err
+
+
+def check_checkpoint_module(ckpt: dict, path: str, module_class) -> None:
+    """--ckpt_path resumes (or evaluates) the module that wrote the checkpoint: another task's
+    checkpoint is refused before Lightning merges its hyper-parameters into this task's."""
+    from bertzoo.checkpoint import CKPT_KEY, CheckpointError
+    from bertzoo.training import _describe_module
+    info = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
+    written_by = (info or {}).get("module")
+    if module_class is None or not written_by:
+        return
+    mine = f"{module_class.__module__}.{module_class.__qualname__}"
+    if written_by != mine:
+        raise CheckpointError(
+            f"--ckpt_path {path} was written by {_describe_module(written_by)}, but this run "
+            f"is {_describe_module(mine)}: --ckpt_path resumes or evaluates the module that "
+            f"wrote it; to start a new task from that checkpoint, pass it as --model.backbone")
+
+
+def _parser_class():
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    class BertzooArgumentParser(LightningArgumentParser):
+        """Suggests the closest key for an unknown one (a typo in a recipe or an override)."""
+
+        def error(self, message: str, ex: Exception | None = None):
+            parser = getattr(ex, "subcommand_parser", None) or self
+            return super().error(suggest_closest_key(message, parser), ex)
+
+    return BertzooArgumentParser
+
+
 def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
@@ -117,7 +185,21 @@ def _lightning_cli_class():
             self.task_name = task_name
             self.task_argument = task_argument or task_name is not None
             self.command = kwargs["args"][0]
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, parser_class=_parser_class(), **kwargs)
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning reads the checkpoint here to merge its hyper-parameters into the model's
+            # arguments: check first that it is readable and of this module.
+            config = self.config[self.config.subcommand] if self.config.get("subcommand") \
+                else self.config
+            ckpt_path = config.get("ckpt_path")
+            if ckpt_path and Path(ckpt_path).is_file():
+                model_class = self.model_class
+                if self.subclass_mode_model:
+                    model_class = resolve_class(config.model.get("class_path")
+                                                if config.get("model") else None)
+                check_checkpoint_module(checkpoint_for_cli(ckpt_path), ckpt_path, model_class)
+            super()._parse_ckpt_path()
 
         def subcommands(self) -> dict[str, set[str]]:
             # Only the subcommand being run: building the parser of each (model, data and
@@ -162,16 +244,7 @@ def fill_from_checkpoint(config, subclass_mode: bool = False) -> None:
     data = _init_args(config.data, subclass_mode) if config.get("data") else None
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and Path(ckpt_path).is_file() and "backbone" in model:
-        import torch
-
-        from bertzoo.checkpoint import CheckpointError
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # truncated, not a checkpoint, or pickled objects
-            raise CheckpointError(
-                f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a "
-                f"crash while it was copied, or not written by torch.save") from err
+        ckpt = checkpoint_for_cli(ckpt_path)
         info = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
         if info is not None:
             model.backbone, model.config = None, info["config"]
