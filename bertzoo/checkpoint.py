@@ -139,6 +139,19 @@ def from_hf_state_dict(state: dict[str, Tensor], source: str = "<state dict>"
 
 
 # ------------------------------------------------------------------------------ reading files
+def describe_load_error(err: BaseException) -> str:
+    """torch.load's error in one line: its first sentence, and for a pickle that
+    `weights_only=True` refuses, the object it would have built ("test.Payload")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else ""
+    first = first.split(". ")[0].rstrip(".")
+    refused = next((re.search(r"Unsupported global: GLOBAL (\S+)", line) for line in lines
+                    if "Unsupported global" in line), None)
+    detail = f": it would construct {refused.group(1)}, which is not a tensor or plain data" \
+        if refused else ""
+    return f"{type(err).__name__}: {first}{detail}"
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Tensors of one safetensors or PyTorch pickle file (the latter with weights_only=True)."""
     path = str(path)
@@ -153,7 +166,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign pickles
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
-                              f"{type(err).__name__}: {err}") from err
+                              f"{describe_load_error(err)}") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
     return state

@@ -133,14 +133,12 @@ def checkpoint_for_cli(path: str):
     names the file (a truncated copy gave a raw unpickling traceback)."""
     import torch
 
-    from bertzoo.checkpoint import CheckpointError
+    from bertzoo.checkpoint import CheckpointError, describe_load_error
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated, not a checkpoint, or pickled objects
-        raise CheckpointError(
-            f"--ckpt_path {path} is not a readable checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a crash "
-            f"while it was copied, or not written by torch.save") from err
+        raise CheckpointError(f"--ckpt_path {path} is not a readable checkpoint "
+                              f"({describe_load_error(err)})") from err
 
 
 def check_checkpoint_module(ckpt: dict, path: str, module_class) -> None:

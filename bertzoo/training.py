@@ -421,7 +421,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, write)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None):
-        from bertzoo.checkpoint import CheckpointError
+        from bertzoo.checkpoint import CheckpointError, describe_load_error
         if "://" not in str(path) and not Path(path).is_file():
             raise FileNotFoundError(f"no such checkpoint: {path}")
         try:
@@ -429,10 +429,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 path, map_location=map_location or "cpu",
                 weights_only=True if weights_only is None else weights_only)
         except Exception as err:  # truncated, not a checkpoint, or a pickle of arbitrary objects
-            raise CheckpointError(
-                f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated by a "
-                f"crash while it was copied, or not written by torch.save") from err
+            raise CheckpointError(f"{path} is not a readable checkpoint "
+                                  f"({describe_load_error(err)})") from err
 
 
 class NonFiniteLossError(RuntimeError):

@@ -123,18 +123,16 @@ def test_truncated_checkpoint_names_the_file(task_files, tiny_backbone_dir, tmp_
     status, err = run(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
                        f"--ckpt_path={torn}", *data], capsys)
     assert status == 1
-    assert f"bertzoo fit: error: --ckpt_path {torn} is not a readable checkpoint " \
-           f"(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding " \
-           f"central directory" in err
-    assert "it may be truncated by a crash while it was copied" in err
-    assert err.rstrip().splitlines()[-1].startswith("bertzoo fit: error: --ckpt_path")
+    assert err.rstrip().endswith(
+        f"bertzoo fit: error: --ckpt_path {torn} is not a readable checkpoint (RuntimeError: "
+        f"PytorchStreamReader failed reading zip archive: failed finding central directory)")
 
     status, err = run(["fit", "--task", "classification", f"--model.backbone={torn}",
                        f"--data.tokenizer={tiny_backbone_dir}", *data], capsys)
     assert status == 1
-    assert f"bertzoo fit: error: {torn} is not a readable PyTorch checkpoint: RuntimeError: " \
-           f"PytorchStreamReader failed reading zip archive" in err
-    assert err.rstrip().splitlines()[-1].startswith(f"bertzoo fit: error: {torn}")
+    assert err.rstrip().endswith(
+        f"bertzoo fit: error: {torn} is not a readable PyTorch checkpoint: RuntimeError: "
+        f"PytorchStreamReader failed reading zip archive: failed finding central directory")
     assert_no_run(tmp_path)
 
 
@@ -153,8 +151,10 @@ def test_checkpoint_holding_objects_is_refused_unread(task_files, tmp_path, monk
     status, err = run(["fit", "--task", "classification", f"--ckpt_path={tampered}",
                        f"--data.train_file={task_files['train_file']}", *QUIET], capsys)
     assert status == 1
-    assert f"bertzoo fit: error: --ckpt_path {tampered} is not a readable checkpoint " \
-           f"(UnpicklingError: Weights only load failed" in err
+    assert err.rstrip().endswith(
+        f"bertzoo fit: error: --ckpt_path {tampered} is not a readable checkpoint "
+        f"(UnpicklingError: Weights only load failed: it would construct test_errors.Payload, "
+        f"which is not a tensor or plain data)")
     assert_no_run(tmp_path)
 
 
