@@ -262,7 +262,10 @@ def from_hf_dataset(name: str, config: str | None = None, split: str = "train",
             if split not in loaded:
                 raise CorpusError(f"{name} has no split {split!r}; it has {list(loaded)}")
             loaded = loaded[split]
-        dataset = loaded.to_iterable_dataset() if streaming else loaded
+        # As a stream: many shards (contiguous row ranges), so that any usual number of
+        # processes and workers divides them (5040 = 7!: 1-10, 12, 14, 15, 16 ... all divide).
+        dataset = (loaded.to_iterable_dataset(num_shards=min(len(loaded), 5040)) if streaming
+                   else loaded)
     else:
         try:
             dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)

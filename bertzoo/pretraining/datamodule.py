@@ -14,9 +14,23 @@ batches, in that one direction.
                in Lightning checkpoints
 
 Every step after reading is cached by `datasets`; a second run with the same inputs and options
-reads Arrow files instead of recomputing. With `streaming=True` nothing holds the corpus in memory:
-documents are tokenized on the fly and NotNext segments come from a block of `pool_size`
-documents (see `instances.py`).
+reads Arrow files instead of recomputing.
+
+With `streaming=True` (`datasets` streaming: files, a local dataset folder of parquet/JSON/text
+files, or a hub dataset) nothing holds the corpus in memory, whatever its size:
+    - the stream's shards (its files, or a parquet file's row groups after `reshard()`) are
+      split between the processes by `datasets.distributed.split_dataset_by_node`; when their
+      number is not a multiple of the world size every process would read the whole corpus and
+      keep one document in W, so the stream is resharded if it can be, and a warning says so
+      if it cannot;
+    - each process's shards are split again between its DataLoader workers, which read,
+      tokenize and build instances in parallel;
+    - documents are shuffled in a buffer of `shuffle_buffer` documents (the shard order too,
+      anew every epoch, with one seed on every process), and instances are built one block of
+      `pool_size` documents at a time, NotNext segments coming from the same block
+      (`StreamedInstances`): memory is bounded by those two numbers, not by the corpus;
+    - held-out validation documents (the first `validation_documents`) are filtered out of the
+      training stream by content, so no process, worker or shard split can train on them.
 
 `TOKENIZERS_PARALLELISM`: tokenization uses the Rust thread pool only when it runs in this
 process alone (`num_proc` <= 1) and no DataLoader worker will fork after it; otherwise
@@ -27,25 +41,31 @@ workers warn, and can deadlock them if they tokenize).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
+import numpy as np
 import torch
 
 from bertzoo.config import ConfigError
 from bertzoo.data import BatchSampler, distributed_rank_and_size
 from bertzoo.pretraining.corpus import (CorpusError, documents_from_files, fingerprint,
                                         from_hf_dataset, iter_sentences)
-from bertzoo.pretraining.instances import DocumentPool, InstanceConfig, build_instances
+from bertzoo.pretraining.instances import (DocumentPool, InstanceConfig, build_instances,
+                                           document_instances)
 from bertzoo.pretraining.masking import MaskingCollator
 
 log = logging.getLogger("bertzoo")
 
 PIPELINE_VERSION = 1  # part of every cache key below the reader; bump when the output changes
+SHUFFLE_STREAM = 2  # separates the streamed-instance order generators (instances: 0, masking: 1)
 
 
 # ------------------------------------------------------------------------------ torch datasets
@@ -84,28 +104,92 @@ class InstanceDataset(torch.utils.data.Dataset):
 
 
 class StreamedInstances(torch.utils.data.IterableDataset):
-    """Instances of a streamed corpus, each tagged with its position in this process's share of
-    the stream (which seeds its masking) and the epoch (which advances every pass)."""
+    """Instances built on the fly from a stream of tokenized documents (this process's share).
 
-    def __init__(self, stream, shuffle_buffer: int, seed: int):
-        self.stream = stream
-        self.shuffle_buffer = shuffle_buffer
+    In each DataLoader worker (`datasets` hands every worker its own shards) documents are
+    gathered into blocks of `pool_size`; a block's instances are built with google's algorithm
+    (`instances.document_instances`, NotNext segments drawn from the block), `duplicates`
+    times, and yielded in a random order. Every row is tagged with an index unique across
+    processes, workers and positions, and with the pass: together they seed its masking.
+    Document randomness is keyed the same way, so no two workers draw alike.
+
+    The stream repeats, pass after pass (each with a new shard order, document shuffle and
+    masking), and never ends by itself: the run's length is `trainer.max_steps`. Under DDP
+    that keeps every process stepping together; shares of a stream are never exactly equal,
+    and a process whose data ran out first would leave the others waiting.
+    """
+
+    def __init__(self, documents, config: InstanceConfig, pool_size: int, duplicates: int,
+                 seed: int, rank: int = 0, world_size: int = 1):
+        self.documents = documents  # a datasets.IterableDataset of {"sentence_ids": ...}
+        self.config = config
+        self.pool_size = pool_size
+        self.duplicates = duplicates
         self.seed = seed
-        self.epoch = 0
+        self.rank = rank
+        self.world_size = world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rank, world_size = distributed_rank_and_size()
-        stream = self.stream
-        if world_size > 1:
-            from datasets.distributed import split_dataset_by_node
-            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-        if self.shuffle_buffer:
-            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-            stream.set_epoch(self.epoch)
-        for index, row in enumerate(stream):
-            yield {"input_ids": row["input_ids"], "token_type_ids": row["token_type_ids"],
-                   "nsp_label": row["nsp_label"], "index": index, "epoch": self.epoch}
-        self.epoch += 1
+        worker = torch.utils.data.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        streams = self.world_size * workers
+        stream_id = self.rank * workers + worker_id  # this worker of this process
+        position = 0  # rows yielded by this stream, over all passes
+        for epoch in itertools.count():
+            yielded = position
+            for instance in self._pass(epoch, stream_id, streams):
+                yield {"input_ids": instance["input_ids"],
+                       "token_type_ids": instance["token_type_ids"],
+                       "nsp_label": instance["nsp_label"],
+                       "index": position * streams + stream_id, "epoch": epoch}
+                position += 1
+            if position == yielded:
+                return  # nothing to read here (more workers than shards)
+
+    def _pass(self, epoch: int, stream_id: int, streams: int) -> Iterator[dict]:
+        self.documents.set_epoch(epoch)
+        block: list[list[list[int]]] = []
+        previous: list[list[list[int]]] = []
+        block_number = 0
+        for row in self.documents:
+            block.append(row["sentence_ids"])
+            if len(block) == self.pool_size:
+                yield from self._block_instances(block, block, epoch, block_number, stream_id,
+                                                 streams)
+                previous, block = block, []
+                block_number += 1
+        if block:
+            # A short last block; a lone last document draws its NotNext from the one before.
+            pool = block if len(block) >= 2 or not previous else previous + block
+            yield from self._block_instances(block, pool, epoch, block_number, stream_id,
+                                             streams)
+
+    def _block_instances(self, block, pool_documents, epoch: int, block_number: int,
+                         stream_id: int, streams: int) -> list[dict]:
+        if len(pool_documents) < 2:
+            raise CorpusError("a worker's share of the stream holds a single document; next "
+                              "sentence prediction needs at least two (use fewer workers or "
+                              "processes, or more documents)")
+        pool = DocumentPool(pool_documents)
+        first = len(pool_documents) - len(block)  # position of the block inside the pool
+        instances = []
+        for duplicate in range(self.duplicates):
+            for k, document in enumerate(block):
+                number = (block_number * self.pool_size + k) * streams + stream_id
+                rng = np.random.default_rng([self.config.seed, duplicate, number])
+                instances.extend(document_instances(document, first + k, pool, self.config, rng))
+        order = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch, stream_id,
+                                       block_number]).permutation(len(instances))
+        return [instances[i] for i in order]
+
+
+def document_key(document: dict[str, list[str]]) -> str:
+    """A document's identity by content (held-out documents are filtered by it)."""
+    return hashlib.sha1("\n".join(document["sentences"]).encode()).hexdigest()
+
+
+def _not_held_out(document: dict[str, list[str]], held_out: frozenset[str]) -> bool:
+    return document_key(document) not in held_out
 
 
 @contextlib.contextmanager
@@ -187,6 +271,8 @@ class PretrainingDataModule(L.LightningDataModule):
         dupe_factor: Instances are built this many times with different random choices (as
             google-research/bert's `dupe_factor`; masking is dynamic regardless).
         pool_size: Streaming: documents per block from which NotNext segments are drawn.
+        shuffle_buffer: Streaming: documents in the shuffle buffer (the shard order is shuffled
+            too, anew every epoch); 0 keeps the stream's order.
         mlm_probability: Fraction of the (non-special) tokens predicted.
         mask_token_prob: Of the predicted tokens, the fraction replaced by [MASK].
         random_token_prob: Of the predicted tokens, the fraction replaced by a random token.
@@ -214,6 +300,7 @@ class PretrainingDataModule(L.LightningDataModule):
                  tokenizer_vocab_size: int = 30522, lowercase: bool = True,
                  max_seq_length: int = 128, short_seq_prob: float = 0.1,
                  next_sentence_prob: float = 0.5, dupe_factor: int = 1, pool_size: int = 10000,
+                 shuffle_buffer: int = 1000,
                  mlm_probability: float = 0.15, mask_token_prob: float = 0.8,
                  random_token_prob: float = 0.1, whole_word_mask: bool = False,
                  max_predictions_per_seq: int | None = None, batch_size: int = 32,
@@ -230,6 +317,11 @@ class PretrainingDataModule(L.LightningDataModule):
                               "data.validation_documents as a count of documents (e.g. 200)")
         if dupe_factor < 1:
             raise ConfigError(f"data.dupe_factor must be >= 1, got {dupe_factor}")
+        if pool_size < 2:
+            raise ConfigError(f"data.pool_size must be >= 2 (NotNext segments come from another "
+                              f"document of the block), got {pool_size}")
+        if shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         self.train_files = train_files
@@ -248,6 +340,7 @@ class PretrainingDataModule(L.LightningDataModule):
         self.max_seq_length = max_seq_length
         self.dupe_factor = dupe_factor
         self.pool_size = pool_size
+        self.shuffle_buffer = shuffle_buffer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -311,10 +404,14 @@ class PretrainingDataModule(L.LightningDataModule):
     def _hold_out(self, documents):
         import datasets
         if self.streaming:
+            # The first `count` documents, and the stream without them. Not `skip(count)`:
+            # once the stream is split by process and worker, each skips count / shards of
+            # its own shards, which are not the documents held out.
             count = int(self.validation_documents)
             held_out = datasets.Dataset.from_list(list(documents.take(count)),
                                                   features=documents.features)
-            return documents.skip(count), held_out
+            keys = frozenset(document_key(d) for d in held_out)
+            return documents.filter(_not_held_out, fn_kwargs={"held_out": keys}), held_out
         size = len(documents)
         count = (round(self.validation_documents * size) if self.validation_documents < 1
                  else int(self.validation_documents))
@@ -414,10 +511,7 @@ class PretrainingDataModule(L.LightningDataModule):
         # Validation instances are built once; training ones dupe_factor times.
         duplicates = self.dupe_factor if split == "train" else 1
         if isinstance(tokenized, datasets.IterableDataset):
-            return tokenized.map(build_instances, batched=True, batch_size=self.pool_size,
-                                 with_indices=True, remove_columns=["sentence_ids"],
-                                 features=features,
-                                 fn_kwargs={"config": config, "duplicates": duplicates})
+            return tokenized  # instances are built by StreamedInstances, in the workers
         pool = DocumentPool(_ArrowDocuments(tokenized))
         return tokenized.map(
             build_instances, batched=True, with_indices=True, remove_columns=["sentence_ids"],
@@ -461,12 +555,39 @@ class PretrainingDataModule(L.LightningDataModule):
                 raise CorpusError(f"the {split} documents of {self.source_name()} gave no "
                                   f"instances")
 
+    def streamed_instances(self) -> StreamedInstances:
+        """This process's share of the streamed training corpus, as instances."""
+        documents = self.instances["train"]  # tokenized documents, a datasets.IterableDataset
+        rank, world_size = distributed_rank_and_size()
+        if world_size > 1 and documents.num_shards % world_size:
+            documents = documents.reshard()  # parquet: one shard per row group
+            if documents.num_shards % world_size:
+                warnings.warn(
+                    f"{self.source_name()} streams as {documents.num_shards} shard(s), not a "
+                    f"multiple of the {world_size} processes: every process reads and tokenizes "
+                    f"the whole corpus and keeps one document in {world_size}. Split it into a "
+                    f"multiple of {world_size} files (or parquet row groups)", stacklevel=2)
+        if self.num_workers > 1 and documents.num_shards // world_size < self.num_workers:
+            warnings.warn(f"{self.source_name()} streams as {documents.num_shards} shard(s) for "
+                          f"{world_size} process(es) x {self.num_workers} workers: some workers "
+                          f"will have nothing to read", stacklevel=2)
+        if self.shuffle_buffer:
+            # One seed everywhere: every process sees the same shard order before the split.
+            documents = documents.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        if world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+            documents = split_dataset_by_node(documents, rank=rank, world_size=world_size)
+        special = {"cls_id": self.tokenizer.token_to_id("[CLS]"),
+                   "sep_id": self.tokenizer.token_to_id("[SEP]")}
+        config = InstanceConfig(**{**self.instance_config.__dict__, **special})
+        return StreamedInstances(documents, config, self.pool_size, self.dupe_factor, self.seed,
+                                 rank=rank, world_size=world_size)
+
     def _loader(self, split: str, train: bool):
         from torchdata.stateful_dataloader import StatefulDataLoader
         instances = self.instances[split]
         if split == "train" and self.streaming:
-            dataset = StreamedInstances(instances, shuffle_buffer=0, seed=self.seed)
-            return StatefulDataLoader(dataset, batch_size=self.batch_size,
+            return StatefulDataLoader(self.streamed_instances(), batch_size=self.batch_size,
                                       collate_fn=self.collator, num_workers=self.num_workers)
         dataset = InstanceDataset(instances, fixed_epoch=None if train else 0)
         sampler = TaggedBatchSampler(
