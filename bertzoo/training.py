@@ -433,6 +433,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                   f"({describe_load_error(err)})") from err
 
 
+def save_logs(trainer) -> None:
+    """Write what the loggers hold (CSVLogger writes every 100 steps) before a run stops with
+    an exception, so that metrics.csv has every step up to there and a resumed run continues
+    it."""
+    for logger in trainer.loggers:
+        try:
+            logger.save()
+        except Exception:  # the run is stopping for another reason: that one is reported
+            pass
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the stage, metric and step."""
 
@@ -467,6 +478,7 @@ class StopOnNonFiniteLoss(Callback):
 
     @staticmethod
     def _stop(trainer, what: str, where: str) -> None:
+        save_logs(trainer)
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         kept = (f"the last good checkpoint is {checkpoint}" if checkpoint and
                 Path(checkpoint).is_file() else "no checkpoint was saved before it")
@@ -530,6 +542,13 @@ class SaveOnInterrupt(Callback):
             trainer.save_checkpoint(path)
             callback._last_global_step_saved = trainer.global_step  # nothing newer to save
         self._restore()
+        # This step's metrics go to the loggers after this hook, which the exception skips:
+        # hand them over now (as the loop would), so the resumed run's curves have no gap.
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None:
+            connector.on_batch_end()
+            connector.update_train_step_metrics()
+        save_logs(trainer)
         raise TrainingInterrupted(
             f"{requested or 'interrupt'} at step {trainer.global_step} (epoch "
             f"{trainer.current_epoch}); " + (f"saved {path}. Resume with the same command and "

@@ -10,6 +10,7 @@ else varies between two runs, so equality is exact (`torch.equal`), not within a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -63,6 +64,11 @@ def assert_same_optimizer_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+def train_losses(metrics_csv: Path) -> list[tuple[int, str]]:
+    rows = csv.DictReader(metrics_csv.open())
+    return [(int(r["step"]), r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "train.txt"
@@ -110,6 +116,10 @@ def test_pretraining_interrupted_mid_epoch_resumes_bitwise(tmp_path, corpus, mon
     assert resumed["global_step"] == 7
     assert_bitwise_equal(straight["state_dict"], resumed["state_dict"])
     assert_same_optimizer_state(straight, resumed)
+    # The resumed run continued the interrupted run's metrics.csv: every step's training loss
+    # is there once, equal to the uninterrupted run's.
+    losses = [train_losses(runs / f"version_{v}/metrics.csv") for v in (0, 1)]
+    assert losses[0] == losses[1] and [step for step, _ in losses[0]] == list(range(7))
     # Proof that the comparison can fail: training moved the weights.
     assert not torch.equal(interrupted["state_dict"]["model.encoder.embeddings.word.weight"],
                            resumed["state_dict"]["model.encoder.embeddings.word.weight"])
