@@ -460,8 +460,9 @@ class StopOnNonFiniteLoss(Callback):
             return
         finite = bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            value = loss.detach().float().cpu().flatten()[0].item() if loss.numel() else loss
-            self._stop(trainer, f"train/loss is {value if not finite else 'non-finite'}",
+            value = loss.detach().float().flatten()[0].item() if loss.numel() else "empty"
+            self._stop(trainer, f"train/loss is {value}" if not finite
+                       else "train/loss is non-finite on another process",
                        f"at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
                        f"{batch_idx} of the epoch)")
 
