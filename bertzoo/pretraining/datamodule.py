@@ -40,6 +40,7 @@ workers warn, and can deadlock them if they tokenize).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import itertools
@@ -152,7 +153,8 @@ class StreamedInstances(torch.utils.data.IterableDataset):
         previous: list[list[list[int]]] = []
         block_number = 0
         for row in self.documents:
-            block.append(row["sentence_ids"])
+            # int32 arrays: a block of Python int lists would take ~9x the memory
+            block.append([array.array("i", sentence) for sentence in row["sentence_ids"]])
             if len(block) == self.pool_size:
                 yield from self._block_instances(block, block, epoch, block_number, stream_id,
                                                  streams)
@@ -165,22 +167,30 @@ class StreamedInstances(torch.utils.data.IterableDataset):
                                              streams)
 
     def _block_instances(self, block, pool_documents, epoch: int, block_number: int,
-                         stream_id: int, streams: int) -> list[dict]:
+                         stream_id: int, streams: int) -> Iterator[dict]:
         if len(pool_documents) < 2:
             raise CorpusError("a worker's share of the stream holds a single document; next "
                               "sentence prediction needs at least two (use fewer workers or "
                               "processes, or more documents)")
         pool = DocumentPool(pool_documents)
         first = len(pool_documents) - len(block)  # position of the block inside the pool
-        instances = []
+        # One duplicate of the block at a time, in a random order: memory holds the block's
+        # documents and one copy of its instances.
         for duplicate in range(self.duplicates):
+            instances = []
             for k, document in enumerate(block):
                 number = (block_number * self.pool_size + k) * streams + stream_id
                 rng = np.random.default_rng([self.config.seed, duplicate, number])
-                instances.extend(document_instances(document, first + k, pool, self.config, rng))
-        order = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch, stream_id,
-                                       block_number]).permutation(len(instances))
-        return [instances[i] for i in order]
+                instances.extend(
+                    {"input_ids": np.asarray(instance["input_ids"], dtype=np.int32),
+                     "token_type_ids": np.asarray(instance["token_type_ids"], dtype=np.int8),
+                     "nsp_label": instance["nsp_label"]}
+                    for instance in document_instances(document, first + k, pool, self.config,
+                                                       rng))
+            order = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch, stream_id,
+                                           block_number, duplicate]).permutation(len(instances))
+            for i in order:
+                yield instances[i]
 
 
 def document_key(document: dict[str, list[str]]) -> str:
