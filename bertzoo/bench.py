@@ -126,9 +126,12 @@ def autocast(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- batches
 def full_rows(config: BertConfig, batch_size: int, seq_len: int, seed: int = 0,
               mlm_probability: float = 0.15) -> dict[str, torch.Tensor]:
+    """A batch without padding: random ordinary tokens (ids above BERT's special and unused
+    ones, 1000+, in a real vocabulary), 15% of them MLM targets, two segments."""
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1000, config.vocab_size, (batch_size, seq_len), generator=g)
-    input_ids[:, 0] = 101
+    lowest = min(1000, config.vocab_size // 2)  # tiny test vocabularies have < 1000 tokens
+    input_ids = torch.randint(lowest, config.vocab_size, (batch_size, seq_len), generator=g)
+    input_ids[:, 0] = min(101, lowest - 1)  # [CLS] in BERT's vocabulary
     token_type_ids = torch.zeros_like(input_ids)
     token_type_ids[:, seq_len // 2:] = 1
     selected = torch.rand(batch_size, seq_len, generator=g) < mlm_probability
@@ -563,7 +566,10 @@ def main(argv: list[str]) -> int:
     rows = run(args)
     if args.json:
         from bertzoo.checkpoint import atomic_write
-        payload = [{**asdict(r), "ratio": r.ratio} for r in rows]
+        payload = {"device": args.device, "precision": args.precision,
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "repeats": args.repeats, "warmup": args.warmup,
+                   "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     return 0
 
