@@ -101,6 +101,11 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
     return {"logger": loggers, "callbacks": callbacks, "default_root_dir": RUNS_DIR,
             # checkpoints written to a temporary name, then renamed; read with weights_only
             "plugins": [{"class_path": "bertzoo.training.AtomicCheckpointIO"}],
+            # BERT's optimizer (google-research/bert optimization.py) and Hugging Face's
+            # Trainer clip the global gradient norm at 1.0. Short fine-tuning runs depend on it:
+            # an unclipped first step's large gradient fills AdamW's second moment, which
+            # remembers it for ~1/(1 - beta2) = 1,000 steps and keeps the updates small.
+            "gradient_clip_val": 1.0,
             "use_distributed_sampler": False}  # bertzoo's samplers shard by rank themselves
 
 

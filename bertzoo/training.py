@@ -164,8 +164,9 @@ class BertModule(L.LightningModule):
     def __init__(self, learning_rate: float = 5e-5, weight_decay: float = 0.01,
                  warmup: float = 0.1, adam_epsilon: float = 1e-6,
                  adam_betas: tuple[float, float] = (0.9, 0.999),
-                 layerwise_lr_decay: float = 1.0):
+                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False):
         super().__init__()
+        self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup = warmup
@@ -189,6 +190,18 @@ class BertModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}" if "/" not in k else k: v for k, v in values.items()},
                       on_step=on_step, on_epoch=True, prog_bar=False, batch_size=batch_size,
                       sync_dist=True)
+
+    # -- torch.compile, layer by layer
+    def configure_model(self) -> None:
+        """With `compile`, each encoder layer is compiled in place (`nn.Module.compile`: the
+        state dict keeps its names, so checkpoints and exports are unchanged) with dynamic
+        shapes, as every batch has its own length and number of real tokens. The embeddings
+        and heads stay eager: their gathers by data-dependent indices would break the graph
+        anyway. Worth it on GPUs; on CPU the first step compiles for minutes."""
+        if self.compile_options is not None and not getattr(self, "_compiled", False):
+            for layer in self.encoder.layers:
+                layer.compile(**{"dynamic": True, **self.compile_options})
+            self._compiled = True
 
     # -- tokenizer travels with the model
     def setup(self, stage: str) -> None:

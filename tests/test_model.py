@@ -53,3 +53,26 @@ def test_training_mode_with_padding_is_finite_and_matches_padded_path_without_dr
     train_loss = model.train()(ids, mask, mlm_labels=labels).mlm_loss
     eval_loss = model.eval()(ids, mask, mlm_labels=labels).mlm_loss
     assert_close(train_loss, eval_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
+    """`model.compile` (here with the eager backend: dynamo traces our layers, including the
+    Packing object, without the minutes inductor needs on CPU) keeps the state-dict names and
+    the outputs, padded batches included."""
+    from bertzoo.tasks.classification import ClassificationModule
+    torch.manual_seed(0)
+    config = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "intermediate_size": 64}
+    plain = ClassificationModule(config=config, num_labels=3, vocab_size=100).eval()
+    compiled = ClassificationModule(config=config, num_labels=3, vocab_size=100,
+                                    compile={"backend": "eager"}).eval()
+    compiled.load_state_dict(plain.state_dict())
+    compiled.configure_model()
+    assert all(layer._compiled_call_impl is not None for layer in compiled.encoder.layers)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    for length in (16, 11):  # two shapes: dynamic, not one recompilation per length
+        ids = torch.randint(5, 100, (3, length))
+        mask = torch.ones_like(ids)
+        mask[1, length // 2:] = 0
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        assert_close(compiled(batch), plain(batch))

@@ -114,15 +114,17 @@ class PretrainingModule(BertModule):
         adam_epsilon: AdamW epsilon (BERT: 1e-6).
         adam_betas: AdamW betas (BERT: 0.9, 0.999).
         seed: Base of the per-step dropout seed (default: the run's `seed_everything`).
+        compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
+            options); for GPUs.
     """
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
                  vocab_size: int | None = None, max_seq_length: int | None = None,
                  learning_rate: float = 1e-4, weight_decay: float = 0.01, warmup: float = 10000,
                  adam_epsilon: float = 1e-6, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 seed: int | None = None):
+                 seed: int | None = None, compile: bool | dict[str, Any] = False):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
-                         adam_epsilon=adam_epsilon, adam_betas=adam_betas)
+                         adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile)
         self.save_hyperparameters()
         if backbone and config:
             raise ConfigError("give either model.backbone (a checkpoint to continue pretraining "
@@ -155,9 +157,9 @@ class PretrainingModule(BertModule):
             "nsp_accuracy": torchmetrics.classification.MulticlassAccuracy(
                 num_classes=2, average="micro"),
         }, compute_groups=False))
+        self.stage_loss = nn.ModuleDict({"val": PretrainingLoss(), "test": PretrainingLoss()})
 
     @property
-        self.stage_loss = nn.ModuleDict({"val": PretrainingLoss(), "test": PretrainingLoss()})
     def encoder(self) -> nn.Module:
         """The BERT encoder (inside `self.model`, so its parameters have one name each)."""
         return self.model.encoder
@@ -219,8 +221,6 @@ class PretrainingModule(BertModule):
     def _step(self, stage: str, batch: dict[str, Tensor]) -> Tensor:
         out = self(batch)
         masked = int(out.mlm_labels.numel())
-        batch_size = int(batch["input_ids"].shape[0])
-        mlm_loss, nsp_loss = out.mlm_loss.detach(), out.nsp_loss.detach()
         loss = out.loss
         if stage == "train":
             # Under DDP: this rank's term of the global batch's mean (see the module docstring).
@@ -230,6 +230,8 @@ class PretrainingModule(BertModule):
             if not self._measured():
                 return loss
         metrics = self.metrics[stage]
+        batch_size = int(batch["input_ids"].shape[0])
+        mlm_loss, nsp_loss = out.mlm_loss.detach(), out.nsp_loss.detach()
         call = (lambda metric, *args, **kw: metric(*args, **kw)) if stage == "train" else (
             lambda metric, *args, **kw: metric.update(*args, **kw))
         if masked:

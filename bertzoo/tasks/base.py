@@ -81,6 +81,8 @@ class TaskModule(BertModule):
         adam_epsilon: AdamW epsilon.
         adam_betas: AdamW betas.
         layerwise_lr_decay: Multiply the rate by this per layer below the top (1.0 = off).
+        compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
+            options such as {"mode": "max-autotune"}); for GPUs.
     """
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
@@ -92,22 +94,22 @@ class TaskModule(BertModule):
                  vocab_size: int | None = None, head_dropout: float = 0.1,
                  learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup: float = 0.1,
                  adam_epsilon: float = 1e-8, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 layerwise_lr_decay: float = 1.0):
+                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas,
-                         layerwise_lr_decay=layerwise_lr_decay)
+                         layerwise_lr_decay=layerwise_lr_decay, compile=compile)
         self.save_hyperparameters()
         self.encoder = build_encoder(backbone, config, vocab_size)
         self.dropout = nn.Dropout(head_dropout)
         self._metrics: nn.ModuleDict | None = None
-
-    @property
         # Evaluation losses are accumulated as metrics (float sums synced by torchmetrics):
         # Lightning's own epoch mean of a logged tensor averages its integer batch-size count
         # across ranks with integer division (43 rows on 2 ranks count as 42; Lightning 2.6).
         import torchmetrics
         self.stage_loss = nn.ModuleDict({"val": torchmetrics.MeanMetric(),
                                          "test": torchmetrics.MeanMetric()})
+
+    @property
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
@@ -130,14 +132,14 @@ class TaskModule(BertModule):
         """One JSON-serialisable dict per input row, each with the row's "index"."""
         raise NotImplementedError
 
-    def finalize_predictions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """All decoded rows of a prediction run (gathered from every device) -> final rows."""
     def loss_weight(self, batch: dict[str, Any]) -> int:
         """How many items `loss` averages over (default: the rows). An epoch's validation and
         test loss is the mean of the batches' losses weighted by this, so a task whose loss is
         a mean over tokens logs the token mean, whatever the batches or devices."""
         return int(batch["input_ids"].shape[0])
 
+    def finalize_predictions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All decoded rows of a prediction run (gathered from every device) -> final rows."""
         return sorted(rows, key=lambda row: row["index"])
 
     def prediction_files(self, rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -154,21 +156,22 @@ class TaskModule(BertModule):
 
     def configure_model(self) -> None:
         self.metrics  # create the metric states before the strategy moves/wraps the module
+        super().configure_model()
 
     def _shared_step(self, stage: str, batch: dict[str, Any]) -> Tensor:
         outputs = self(batch)
         loss = self.loss(outputs, batch)
         batch_size = int(batch["input_ids"].shape[0])
         values: dict[str, Any] = {"loss": loss}
-        if stage != "train" or self.train_metrics:
-            collection = self.metrics[stage]
-            args = self.metric_update(outputs, batch)
         if stage != "train":
             # weighted by the loss's own count, so a mean over tokens stays one on any number
             # of devices (training steps hold equal rows everywhere; the task makes its loss
             # global there, see NerModule.loss)
             self.stage_loss[stage].update(loss.detach(), weight=self.loss_weight(batch))
             values["loss"] = self.stage_loss[stage]
+        if stage != "train" or self.train_metrics:
+            collection = self.metrics[stage]
+            args = self.metric_update(outputs, batch)
             if stage == "train":
                 collection(*args)  # forward: also gives the per-step value to log
             else:
@@ -532,9 +535,6 @@ class PredictionWriter(L.Callback):
     def __init__(self, output_dir: str | None = None):
         self.output_dir = output_dir
         self.written: list[Path] = []
-
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        rows, self._rows = self._rows, []
         self._rows: list[dict[str, Any]] = []
 
     # The rows are collected here rather than read from `trainer.predict_loop.predictions`,
@@ -545,6 +545,9 @@ class PredictionWriter(L.Callback):
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                              dataloader_idx=0) -> None:
         self._rows.extend(outputs)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        rows, self._rows = self._rows, []
         if trainer.world_size > 1:
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
