@@ -116,6 +116,25 @@ def optimizer_for(model: torch.nn.Module, device: torch.device) -> torch.optim.O
                              fused=device.type in ("cpu", "cuda"))
 
 
+def pretraining_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     batch: dict[str, torch.Tensor], device: torch.device,
+                     precision: str = "32") -> None:
+    """One optimizer step of either implementation on the same batch (each takes its own
+    argument names: bertzoo `mlm_labels`/`nsp_labels`, transformers `labels`/
+    `next_sentence_label`)."""
+    with autocast(device, precision):
+        if isinstance(model, BertForPreTraining):
+            loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                         mlm_labels=batch["mlm_labels"], nsp_labels=batch["nsp_labels"]).loss
+        else:
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], labels=batch["mlm_labels"],
+                         next_sentence_label=batch["nsp_labels"]).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -202,23 +221,10 @@ def bench_pretraining(config: BertConfig, batches: list[dict], device, precision
         return batch
 
     def step_ours():
-        b = next_batch("ours")
-        with autocast(device, precision):
-            loss = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                        mlm_labels=b["mlm_labels"], nsp_labels=b["nsp_labels"]).loss
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        pretraining_step(ours, opt_ours, next_batch("ours"), device, precision)
 
     def step_ref():
-        b = next_batch("ref")
-        with autocast(device, precision):
-            loss = reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                             token_type_ids=b["token_type_ids"], labels=b["mlm_labels"],
-                             next_sentence_label=b["nsp_labels"]).loss
-        loss.backward()
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
+        pretraining_step(reference, opt_ref, next_batch("ref"), device, precision)
 
     seconds = time_alternating({"ours": step_ours, "ref": step_ref}, repeats, warmup, device)
     tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
@@ -321,16 +327,7 @@ def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None
     del ours, reference
     optimizer = optimizer_for(model, torch.device("cpu"))
     for _ in range(2):
-        if kind == "ours":
-            loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                         mlm_labels=batch["mlm_labels"], nsp_labels=batch["nsp_labels"]).loss
-        else:
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], labels=batch["mlm_labels"],
-                         next_sentence_label=batch["nsp_labels"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        pretraining_step(model, optimizer, batch, torch.device("cpu"))
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
 
 
@@ -348,16 +345,7 @@ def peak_memory(config: BertConfig, batch: dict, device: torch.device) -> dict[s
             b = {k: v.to(device) for k, v in batch.items()}
             optimizer = optimizer_for(model, device)
             for _ in range(2):
-                if kind == "ours":
-                    loss = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                                 mlm_labels=b["mlm_labels"], nsp_labels=b["nsp_labels"]).loss
-                else:
-                    loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                 token_type_ids=b["token_type_ids"], labels=b["mlm_labels"],
-                                 next_sentence_label=b["nsp_labels"]).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                pretraining_step(model, optimizer, b, device)
             result[kind] = torch.cuda.max_memory_allocated(device) / 2**20
         return result
     import multiprocessing
