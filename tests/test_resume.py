@@ -278,6 +278,9 @@ def test_checkpoint_io_reads_with_weights_only_and_names_a_bad_file(tmp_path):
     assert torch.equal(io.load_checkpoint(tmp_path / "good.ckpt")["state_dict"]["w"],
                        torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["good.ckpt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "good.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
 
     torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "objects.ckpt")
     with pytest.raises(CheckpointError, match=r"objects.ckpt is not a readable checkpoint "
