@@ -19,6 +19,27 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def _fork_with_one_thread() -> None:
+    """Tests fork processes (DDP's ddp_fork, metric sync across 2 ranks, DataLoader workers).
+    A child forked after the parent's OpenMP thread pool has run can wait forever at its first
+    parallel region (GNU libgomp's pool does not survive fork; seen here as a 2-rank FSDP test
+    hanging in LayerNorm after other tests had run). Children that start with one thread never
+    open such a region; the parent gets its threads back after the fork."""
+    saved: list[int] = []
+
+    def before() -> None:
+        saved.append(torch.get_num_threads())
+        torch.set_num_threads(1)
+
+    def after_in_parent() -> None:
+        torch.set_num_threads(saved.pop())
+
+    os.register_at_fork(before=before, after_in_parent=after_in_parent)
+
+
+_fork_with_one_thread()
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384, uncased 30,522 vocab) from PyPI."""
