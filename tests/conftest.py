@@ -9,7 +9,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Keep the datasets Arrow cache of generated test data out of the user's home.
 import tempfile  # noqa: E402
 
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bertzoo-test-datasets-"))
+if "HF_DATASETS_CACHE" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bertzoo-test-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 

@@ -7,7 +7,12 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bertzoo-mc-test-datasets-"))
+if "HF_DATASETS_CACHE" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bertzoo-mc-test-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
