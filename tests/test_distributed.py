@@ -326,7 +326,9 @@ def test_bertmodule_optimizer_groups_fsdp_sharded_parameters(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # spawn, not fork: forked after the rest of the suite had run, the ranks hung in FSDP's
+    # start-up (alone they do not); fresh interpreters cost a few seconds of imports
     mp.start_processes(_fsdp_worker, args=(port, tmp_path), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     losses = [float((tmp_path / f"rank{r}").read_text()) for r in range(2)]
     assert all(math.isfinite(loss) for loss in losses)
