@@ -328,7 +328,21 @@ def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None
     optimizer = optimizer_for(model, torch.device("cpu"))
     for _ in range(2):
         pretraining_step(model, optimizer, batch, torch.device("cpu"))
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+    queue.put(_peak_rss_mib(resource))
+
+
+def _peak_rss_mib(resource) -> float:
+    """This process's peak resident memory. On Linux from /proc/self/status (VmHWM, the peak of
+    this process's own address space): getrusage's ru_maxrss also keeps the peak of the
+    address space replaced at exec, i.e. the parent's resident memory at the fork that started
+    this process, which swamps what the child used."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
 
 
 def peak_memory(config: BertConfig, batch: dict, device: torch.device) -> dict[str, float]:

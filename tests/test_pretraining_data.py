@@ -117,6 +117,7 @@ def test_nsp_statistics_and_layout(tokenized_documents):
     instances, config = _instances(docs, max_seq_length=48, duplicates=3)
     assert len(instances) > 5000
     is_next = np.mean([i["nsp_label"] == IS_NEXT for i in instances])
+    print(f"{len(instances)} instances, IsNext {is_next:.4f}")  # the figure, with `pytest -s`
     assert abs(is_next - 0.5) <= 0.02, is_next
     for instance in instances:
         ids, types = instance["input_ids"], instance["token_type_ids"]
@@ -214,6 +215,9 @@ def test_masking_statistics_over_100k_tokens(tokenizer, tokenized_documents):
                      & (inputs[chosen] != collator.mask_id)).sum()
         replacements = inputs[chosen & (inputs != original) & (inputs != collator.mask_id)]
         assert not np.isin(replacements, list(special)).any()
+    print(f"maskable {maskable}, selected {selected / maskable:.4f}, of them [MASK] "
+          f"{masked / selected:.4f}, random {replaced / selected:.4f}, unchanged "
+          f"{unchanged / selected:.4f}")  # the figures, with `pytest -s`
     assert maskable >= 100_000
     assert abs(selected / maskable - 0.15) <= 0.005, selected / maskable
     # A random replacement may draw the original token (1 in ~115 here): that one counts as
