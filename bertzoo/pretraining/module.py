@@ -13,9 +13,9 @@ masked token of that stage, the baseline `mlm_accuracy` is to be read against. T
 are measured on the batches whose step is logged (every `trainer.log_every_n_steps`), validation
 metrics on every batch.
 
-Dropout randomness is re-seeded every training step from (seed, global step, rank): like the
-masking it is then a pure function of where training is, and a run resumed from a checkpoint
-draws the same dropout masks as one that never stopped.
+Dropout randomness is re-seeded every training step from (seed, global step, rank) (in
+BertModule, for every module): like the masking it is then a pure function of where training
+is, and a run resumed from a checkpoint draws the same dropout masks as one that never stopped.
 
 Several processes (DDP) train exactly as one process on the same global batch would (tested in
 tests/test_distributed.py, with dropout off: each rank draws its own dropout masks). The MLM
@@ -29,10 +29,8 @@ splitting the data into batches or ranks changes.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-import numpy as np
 import torch
 import torchmetrics
 from torch import Tensor, nn
@@ -199,11 +197,6 @@ class PretrainingModule(BertModule):
             # Tiny gradients of the vocabulary softmax would otherwise turn denormal and slow
             # the CPU matmuls many times over (see bertzoo.model.init_weights).
             torch.set_flush_denormal(True)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sequence = np.random.SeedSequence([seed, self.global_step, self.global_rank])
-        torch.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))
 
     # ------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Tensor]):
