@@ -149,18 +149,12 @@ def checkpoint_for_cli(path: str):
 def check_checkpoint_module(ckpt: dict, path: str, module_class) -> None:
     """--ckpt_path resumes (or evaluates) the module that wrote the checkpoint: another task's
     checkpoint is refused before Lightning merges its hyper-parameters into this task's."""
-    from bertzoo.checkpoint import CKPT_KEY, CheckpointError
-    from bertzoo.training import _describe_module
+    from bertzoo.checkpoint import CKPT_KEY
+    from bertzoo.training import refuse_another_modules_checkpoint
     info = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
-    written_by = (info or {}).get("module")
-    if module_class is None or not written_by:
-        return
-    mine = f"{module_class.__module__}.{module_class.__qualname__}"
-    if written_by != mine:
-        raise CheckpointError(
-            f"--ckpt_path {path} was written by {_describe_module(written_by)}, but this run "
-            f"is {_describe_module(mine)}: --ckpt_path resumes or evaluates the module that "
-            f"wrote it; to start a new task from that checkpoint, pass it as --model.backbone")
+    if module_class is not None:
+        refuse_another_modules_checkpoint((info or {}).get("module"), module_class,
+                                          f"--ckpt_path {path}")
 
 
 def _parser_class():

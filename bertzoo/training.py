@@ -225,13 +225,7 @@ class BertModule(L.LightningModule):
         if info is None:
             raise CheckpointError(f"{source} was not written by a bertzoo module (no 'bertzoo' "
                                   f"entry); pass it as model.backbone rather than --ckpt_path")
-        written_by = info.get("module")
-        mine = f"{type(self).__module__}.{type(self).__qualname__}"
-        if written_by and written_by != mine:
-            raise CheckpointError(
-                f"{source} was written by {_describe_module(written_by)}, but this run is "
-                f"{_describe_module(mine)}: --ckpt_path resumes the same module; to start a "
-                f"new task from that checkpoint, pass it as --model.backbone")
+        refuse_another_modules_checkpoint(info.get("module"), type(self), source)
         if info.get("tokenizer") and self.tokenizer is None:
             from tokenizers import Tokenizer
             self.tokenizer = Tokenizer.from_str(info["tokenizer"])
@@ -396,19 +390,32 @@ class AppendingCSVLogger(CSVLogger):
 # ------------------------------------------------------------------------------- reliability
 def _describe_module(qualified_name: str) -> str:
     """'bertzoo.tasks.ner.NerModule' -> "bertzoo.tasks.ner.NerModule (task 'ner')"."""
-    names = {"bertzoo.pretraining.module.PretrainingModule": "pretrain"}
+    commands = {"bertzoo.pretraining.module.PretrainingModule": "bertzoo pretrain"}
     try:
         from bertzoo.tasks.registry import list_tasks
         for task in list_tasks():
             if task.spec is not None:
                 module = task.spec.module
-                names.setdefault(f"{module.__module__}.{module.__qualname__}", task.name)
+                commands.setdefault(f"{module.__module__}.{module.__qualname__}",
+                                    f"task {task.name!r}")
     except Exception:  # naming the task is a courtesy; a broken registry must not hide the error
         pass
-    task = names.get(qualified_name)
-    if task == "pretrain":
-        return f"{qualified_name} (bertzoo pretrain)"
-    return f"{qualified_name} (task {task!r})" if task else qualified_name
+    command = commands.get(qualified_name)
+    return f"{qualified_name} ({command})" if command else qualified_name
+
+
+def refuse_another_modules_checkpoint(written_by: str | None, module_class: type,
+                                      source: str) -> None:
+    """--ckpt_path resumes (or evaluates) the module that wrote the checkpoint: one of another
+    task is refused, naming both. Checked by the CLI before Lightning merges the checkpoint's
+    hyper-parameters, and by `BertModule.on_load_checkpoint` for runs outside the CLI."""
+    from bertzoo.checkpoint import CheckpointError
+    mine = f"{module_class.__module__}.{module_class.__qualname__}"
+    if written_by and written_by != mine:
+        raise CheckpointError(
+            f"{source} was written by {_describe_module(written_by)}, but this run is "
+            f"{_describe_module(mine)}: --ckpt_path resumes or evaluates the module that wrote "
+            f"it; to start a new task from that checkpoint, pass it as --model.backbone")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
