@@ -216,10 +216,9 @@ class PretrainingModule(BertModule):
         masked = int(out.mlm_labels.numel())
         loss = out.loss
         if stage == "train":
-            # Under DDP: this rank's term of the global batch's mean (see the module docstring).
-            mlm_term = share_of_global_mean(out.mlm_loss, masked)
-            if mlm_term is not out.mlm_loss:
-                loss = mlm_term + out.nsp_loss
+            # Under DDP: this rank's term of the global batch's mean (see the module docstring);
+            # one process gets out.mlm_loss back, and the sum is out.loss itself.
+            loss = share_of_global_mean(out.mlm_loss, masked) + out.nsp_loss
             if not self._measured():
                 return loss
         metrics = self.metrics[stage]
