@@ -56,6 +56,14 @@ def documents(count: int, seed: int = 0, min_sentences: int = 2,
     return docs
 
 
+def write_bert_corpus(path: str | Path, docs: list[list[str]]) -> Path:
+    """`docs` in google-research/bert's pretraining layout: a sentence per line, a blank line
+    between documents (`format: bert`)."""
+    path = Path(path)
+    path.write_text("\n\n".join("\n".join(doc) for doc in docs) + "\n", encoding="utf-8")
+    return path
+
+
 def tiny_config(vocab_size: int, **overrides) -> BertConfig:
     """A BERT small enough for a unit test: 2 layers of width 32."""
     values = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,

@@ -32,6 +32,7 @@ import torch
 from bertzoo import data as bertzoo_data
 from bertzoo.tasks.registry import REGISTRY, get_task
 from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
 from bertzoo.testing import tiny_backbone
 
 TASK_NAMES = REGISTRY.names()
@@ -154,7 +155,7 @@ def test_pretraining_two_processes_equal_one(tmp_path, recorded_batches):
     from bertzoo.pretraining import PretrainingDataModule, PretrainingModule
     corpus = tmp_path / "corpus.txt"
     docs = synthetic_documents(40, seed=5, min_sentences=3, max_sentences=8)
-    corpus.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
+    write_bert_corpus(corpus, docs)
     backbone = tiny_backbone(tmp_path / "backbone", **NO_DROPOUT)
 
     def make_datamodule(batch_size):

@@ -17,6 +17,7 @@ import yaml
 from bertzoo import BertEncoder
 from bertzoo.cli import main
 from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes" / "pretrain").glob("*.yaml"))
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -39,8 +40,7 @@ class StopAtStep(L.Callback):
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "train.txt"
     docs = synthetic_documents(160, seed=3, min_sentences=3, max_sentences=10)
-    path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
-    return path
+    return write_bert_corpus(path, docs)
 
 
 def recipe(tmp_path: Path, corpus: Path, name: str = "recipe", **sections) -> Path:
@@ -161,7 +161,7 @@ def test_training_step_logs_every_metric(tmp_path):
     from bertzoo.pretraining import PretrainingDataModule, PretrainingModule
     corpus = tmp_path / "c.txt"
     docs = synthetic_documents(60, seed=8)
-    corpus.write_text("\n\n".join("\n".join(d) for d in docs))
+    write_bert_corpus(corpus, docs)
     dm = PretrainingDataModule(train_files=str(corpus), tokenizer_vocab_size=150,
                                max_seq_length=32, batch_size=8, validation_documents=8)
     module = PretrainingModule(config=TINY_MODEL, vocab_size=dm.vocab_size, max_seq_length=32,

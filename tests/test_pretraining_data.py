@@ -18,12 +18,8 @@ from bertzoo.pretraining.instances import (IS_NEXT, NOT_NEXT, DocumentPool, Inst
                                            build_instances, document_instances)
 from bertzoo.pretraining.masking import MaskingCollator
 from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
 from bertzoo.tokenizer import train_tokenizer
-
-
-def write_bert_corpus(path, documents):
-    path.write_text("\n\n".join("\n".join(doc) for doc in documents) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

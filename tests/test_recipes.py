@@ -98,10 +98,8 @@ def test_recipe_parses_as_written(recipe, tmp_path, monkeypatch, capsys):
 def write_corpus(folder: Path) -> str:
     """A few documents in BERT's pretraining layout: a sentence per line, blank lines between
     documents."""
-    from bertzoo.testing import documents
-    path = folder / "corpus.txt"
-    path.write_text("\n\n".join("\n".join(doc) for doc in documents(12, min_sentences=3)) + "\n")
-    return str(path)
+    from bertzoo.testing import documents, write_bert_corpus
+    return str(write_bert_corpus(folder / "corpus.txt", documents(12, min_sentences=3)))
 
 
 def tiny_overrides(recipe: Path, config: dict, backbone: Path, folder: Path) -> list[str]:

@@ -23,6 +23,7 @@ import yaml
 
 from bertzoo.cli import main
 from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
 
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "intermediate_size": 64, "max_position_embeddings": 64}
@@ -73,8 +74,7 @@ def train_losses(metrics_csv: Path) -> list[tuple[int, str]]:
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "train.txt"
     docs = synthetic_documents(120, seed=3, min_sentences=3, max_sentences=10)
-    path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
-    return path
+    return write_bert_corpus(path, docs)
 
 
 def test_pretraining_interrupted_mid_epoch_resumes_bitwise(tmp_path, corpus, monkeypatch,

@@ -17,6 +17,7 @@ import torch
 import bertzoo.pretraining.datamodule as datamodule_module
 from bertzoo.pretraining import PretrainingDataModule
 from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
 from bertzoo.testing import tiny_backbone
 
 SHARDS = 4
@@ -117,7 +118,7 @@ def test_a_shard_count_that_does_not_divide_the_world_size_warns(tmp_path, backb
     for k in range(3):  # three text files: three shards for two processes
         path = tmp_path / f"part{k}.txt"
         docs = synthetic_documents(6, seed=k)
-        path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
+        write_bert_corpus(path, docs)
         files.append(str(path))
     dm = PretrainingDataModule(train_files=files, streaming=True, tokenizer=str(backbone),
                                max_seq_length=32, batch_size=4, validation_documents=0)
