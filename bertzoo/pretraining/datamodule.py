@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -506,13 +507,17 @@ class PretrainingDataModule(L.LightningDataModule):
             new_fingerprint=fingerprint(documents._fingerprint, "tokenize", PIPELINE_VERSION,
                                         self.tokenizer.to_str()), **kwargs)
 
+    def tokenizer_instance_config(self) -> InstanceConfig:
+        """The instance options with this tokenizer's [CLS] and [SEP] ids."""
+        return dataclasses.replace(self.instance_config,
+                                   cls_id=self.tokenizer.token_to_id("[CLS]"),
+                                   sep_id=self.tokenizer.token_to_id("[SEP]"))
+
     def build_instances(self, split: str):
         """The split's NSP instances (cached Arrow; a stream when streaming)."""
         import datasets
         tokenized = self.tokenized(split)
-        special = {"cls_id": self.tokenizer.token_to_id("[CLS]"),
-                   "sep_id": self.tokenizer.token_to_id("[SEP]")}
-        config = InstanceConfig(**{**self.instance_config.__dict__, **special})
+        config = self.tokenizer_instance_config()
         features = datasets.Features({
             "input_ids": datasets.Sequence(datasets.Value("int32")),
             "token_type_ids": datasets.Sequence(datasets.Value("int8")),
@@ -591,10 +596,8 @@ class PretrainingDataModule(L.LightningDataModule):
         if world_size > 1:
             from datasets.distributed import split_dataset_by_node
             documents = split_dataset_by_node(documents, rank=rank, world_size=world_size)
-        special = {"cls_id": self.tokenizer.token_to_id("[CLS]"),
-                   "sep_id": self.tokenizer.token_to_id("[SEP]")}
-        config = InstanceConfig(**{**self.instance_config.__dict__, **special})
-        return StreamedInstances(documents, config, self.pool_size, self.dupe_factor, self.seed,
+        return StreamedInstances(documents, self.tokenizer_instance_config(), self.pool_size,
+                                 self.dupe_factor, self.seed,
                                  rank=rank, world_size=world_size)
 
     def _loader(self, split: str, train: bool):
