@@ -319,8 +319,6 @@ def bench_classification(config, tokenizer, texts, batch_size, device, precision
 
 
 def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None:
-    import resource
-    torch.set_num_threads(torch.get_num_threads())
     config = BertConfig.from_dict(config_dict)
     ours, reference = paired_pretraining_models(config, torch.device("cpu"))
     model = ours if kind == "ours" else reference
@@ -328,10 +326,10 @@ def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None
     optimizer = optimizer_for(model, torch.device("cpu"))
     for _ in range(2):
         pretraining_step(model, optimizer, batch, torch.device("cpu"))
-    queue.put(_peak_rss_mib(resource))
+    queue.put(_peak_rss_mib())
 
 
-def _peak_rss_mib(resource) -> float:
+def _peak_rss_mib() -> float:
     """This process's peak resident memory. On Linux from /proc/self/status (VmHWM, the peak of
     this process's own address space): getrusage's ru_maxrss also keeps the peak of the
     address space replaced at exec, i.e. the parent's resident memory at the fork that started
@@ -342,6 +340,7 @@ def _peak_rss_mib(resource) -> float:
                 return int(line.split()[1]) / 1024  # kB -> MiB
     except OSError:
         pass
+    import resource  # POSIX only
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
 
 
