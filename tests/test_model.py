@@ -76,3 +76,85 @@ def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
         mask[1, length // 2:] = 0
         batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
         assert_close(compiled(batch), plain(batch))
+
+
+def test_cpu_training_attention_equals_its_autograd_composition_forward_and_backward():
+    """`_DropoutAttention` (hand-written backward, no mask saved) against the same math left to
+    autograd, with one dropout mask, padded keys and float64."""
+    from bertzoo.model import _DropoutAttention, keep_mask
+    torch.manual_seed(0)
+    B, T, nh, hd, p = 3, 7, 2, 4, 0.25
+    qkv = torch.randn(B, T, 3 * nh * hd, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.ones(B, 1, 1, T, dtype=torch.bool)
+    key_mask[1, ..., 5:] = False
+    keep = keep_mask((B * nh, T, T), p, torch.float64)
+    assert 0 < keep.mean() < 1 and set(keep.unique().tolist()) == {0.0, 1.0}
+
+    def reference(qkv):
+        q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = (q @ k.transpose(-2, -1)) / hd ** 0.5
+        probs = scores.masked_fill(~key_mask, float("-inf")).softmax(-1)
+        context = (probs * keep.view(B, nh, T, T) / (1 - p)) @ v
+        return context.transpose(1, 2).reshape(B, T, nh * hd)
+
+    ours = _DropoutAttention.apply(qkv, key_mask, keep, nh, 1 / (1 - p))
+    assert_close(ours, reference(qkv))
+    grad = torch.randn_like(ours)
+    expected, = torch.autograd.grad(reference(qkv), qkv, grad)
+    actual, = torch.autograd.grad(ours, qkv, grad)
+    assert_close(actual, expected)
+    assert torch.autograd.gradcheck(
+        lambda x: _DropoutAttention.apply(x, key_mask, keep, nh, 1 / (1 - p)), (qkv,))
+
+
+def test_dropout_with_residual_is_one_sum_with_both_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(50, 40, requires_grad=True)
+    residual = torch.randn(50, 40, requires_grad=True)
+    torch.manual_seed(1)
+    y = dropout(x, 0.2, training=True, residual=residual)
+    torch.manual_seed(1)
+    alone = dropout(x, 0.2, training=True)  # the same mask from the same seed
+    assert_close(y, residual + alone)
+    grad = torch.randn_like(y)
+    gx, gr = torch.autograd.grad(y, (x, residual), grad)
+    assert torch.equal(gr, grad)
+    assert_close(gx, grad * (alone != 0) / 0.8)
+    assert torch.equal(dropout(x, 0.2, training=False, residual=residual), residual + x)
+
+
+def test_pretraining_word_embedding_gradient_equals_autograd_through_the_plain_lookup():
+    """BertForPreTraining's tied gradient (the decoder's, completed in place by the lookup's
+    backward) equals autograd's through nn.Embedding and F.linear, with a [PAD] id inside the
+    attention mask (nn.Embedding's padding_idx gets no gradient from the lookup) and dropout
+    off (the same forward)."""
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).train()
+    ids = torch.randint(5, 120, (2, 12))
+    mask = torch.ones_like(ids)
+    ids[1, 8:], mask[1, 8:] = 0, 0
+    ids[0, 5] = 0  # a [PAD] id that is attended to: its row must still get no lookup gradient
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 2] = 9, 17
+    args = (ids, mask, None, labels, torch.tensor([0, 1]))
+    model(*args).loss.backward()
+    tied = model.encoder.embeddings.word.weight.grad.clone()
+    model.zero_grad()
+    out = model.encoder(ids, mask)  # the dense lookup, then the same heads
+    labelled = labels != -100
+    logits = model.mlm_head(out.last_hidden_state[labelled], model.encoder.embeddings.word.weight)
+    loss = (torch.nn.functional.cross_entropy(logits, labels[labelled])
+            + torch.nn.functional.cross_entropy(model.nsp_head(out.pooler_output), args[4]))
+    loss.backward()
+    assert_close(tied, model.encoder.embeddings.word.weight.grad)
+    # A loss without the decoder: the lookup's rows alone.
+    model.zero_grad()
+    model(*args).nsp_loss.backward()
+    model_grad = model.encoder.embeddings.word.weight.grad.clone()
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model.nsp_head(model.encoder(
+        ids, mask).pooler_output), args[4]).backward()
+    assert_close(model_grad, model.encoder.embeddings.word.weight.grad)

@@ -192,12 +192,6 @@ class PretrainingModule(BertModule):
                 and self.trainer.state.fn == "fit":
             state["_batches_that_stepped"] = self.trainer.global_step
 
-    def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            # Tiny gradients of the vocabulary softmax would otherwise turn denormal and slow
-            # the CPU matmuls many times over (see bertzoo.model.init_weights).
-            torch.set_flush_denormal(True)
-
     # ------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
