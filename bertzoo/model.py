@@ -239,8 +239,9 @@ class _DropoutAttention(torch.autograd.Function):
     computation SDPA itself falls back to when it must apply dropout on CPU, written so that
     the step copies and saves no more than it needs:
 
-    - q, k and v are made contiguous by one copy (torch.matmul on the permuted views makes
-      three), and the gradients go back to the fused (B, T, 3H) layout by one copy;
+    - q, k and v are made contiguous by one copy and their gradients go back to the fused
+      (B, T, 3H) layout by one copy: four layout copies per layer, forward and backward, where
+      torch.matmul on the permuted views made eight (a profile of one layer);
     - 1/sqrt(hd) is the matmuls' alpha, not a pass over the (T, T) scores;
     - backward needs no mask: with d = probs * keep * scale (the dropped probabilities, which
       the second matmul saves anyway), dL/dscores = g*d - probs * rowsum(g*d), g = dL/dd.

@@ -61,10 +61,13 @@ def tune_cpu_process() -> None:
     if _allocator_tuned:
         return
     _allocator_tuned = True
-    import ctypes
-    import platform
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
+    except (AttributeError, ValueError, OSError):  # not a GNU C library, or not POSIX
+        libc = ""
+    if not libc.startswith("glibc"):
         return
+    import ctypes
     mallopt = ctypes.CDLL(None).mallopt
     mallopt(_M_MMAP_THRESHOLD, 1 << 30)
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)

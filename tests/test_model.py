@@ -158,3 +158,35 @@ def test_pretraining_word_embedding_gradient_equals_autograd_through_the_plain_l
     torch.nn.functional.cross_entropy(model.nsp_head(model.encoder(
         ids, mask).pooler_output), args[4]).backward()
     assert_close(model_grad, model.encoder.embeddings.word.weight.grad)
+
+
+def test_tune_cpu_process_keeps_freed_memory_so_the_next_step_does_not_page_fault():
+    """In a fresh process: a 64 MiB tensor freed and allocated again is faulted in anew each
+    time under glibc's defaults (above its largest mmap threshold), and not with the settings."""
+    import os
+    import subprocess
+    import sys
+    if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+        import pytest
+        pytest.skip("the allocator settings apply to glibc only")
+    script = """
+import resource, sys, torch
+if sys.argv[1] == "tuned":
+    from bertzoo.training import tune_cpu_process
+    tune_cpu_process()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+counts = []
+for _ in range(6):
+    before = faults()
+    x = torch.ones(16 * 2**20)  # 64 MiB, written
+    counts.append(faults() - before)
+    del x
+print(min(counts[1:]))  # the fewest of the repeats (the kernel may reclaim idle pages itself)
+"""
+    pages = 64 * 2**20 // 4096
+    faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], check=True,
+                                        capture_output=True, text=True).stdout)
+              for mode in ("default", "tuned")}
+    assert faults["default"] > pages // 2, faults
+    assert faults["tuned"] < pages // 100, faults
