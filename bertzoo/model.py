@@ -73,6 +73,7 @@ def random_words(count: int) -> Tensor:
     return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
 
+@torch.compiler.disable  # numpy draws the words: torch.compile runs this eagerly, between graphs
 def keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> Tensor:
     """A CPU dropout mask: 1 where an element is kept, 0 where it is dropped, in `dtype`.
 

@@ -78,6 +78,37 @@ def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
         assert_close(compiled(batch), plain(batch))
 
 
+
+def test_compile_in_training_mode_keeps_dropout_outputs_and_gradients():
+    """Training mode under `model.compile` (aot_eager: dynamo and AOTAutograd trace the layers
+    and our autograd Functions; the numpy-drawn dropout masks run eagerly between graphs): the
+    same outputs and gradients as eager under one seed."""
+    from bertzoo.tasks.classification import ClassificationModule
+    torch.manual_seed(0)
+    config = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "intermediate_size": 64}
+    plain = ClassificationModule(config=config, num_labels=3, vocab_size=100).train()
+    compiled = ClassificationModule(config=config, num_labels=3, vocab_size=100,
+                                    compile={"backend": "aot_eager"}).train()
+    compiled.load_state_dict(plain.state_dict())
+    compiled.configure_model()
+    ids = torch.randint(5, 100, (3, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    outputs = []
+    for module in (plain, compiled):
+        torch.manual_seed(5)
+        logits = module(batch)
+        logits.square().sum().backward()
+        outputs.append(logits)
+    assert_close(outputs[1], outputs[0])
+    torch.manual_seed(6)
+    assert not torch.equal(plain(batch), outputs[0])  # dropout is on: another seed differs
+    for (name, a), b in zip(plain.named_parameters(), compiled.parameters()):
+        if a.grad is not None:
+            assert_close(b.grad, a.grad, msg=name)
+
 def test_cpu_training_attention_equals_its_autograd_composition_forward_and_backward():
     """`_DropoutAttention` (hand-written backward, no mask saved) against the same math left to
     autograd, with one dropout mask, padded keys and float64."""
