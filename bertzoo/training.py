@@ -40,6 +40,7 @@ from bertzoo.model import BertEncoder
 
 # ------------------------------------------------------------------------------ CPU processes
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_allocator_tuned = False  # mallopt is called once per process
 
 
 def tune_cpu_process() -> None:
@@ -71,9 +72,6 @@ def tune_cpu_process() -> None:
     mallopt = ctypes.CDLL(None).mallopt
     mallopt(_M_MMAP_THRESHOLD, 1 << 30)
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-
-
-_allocator_tuned = False
 
 
 # --------------------------------------------------------------------------------- the encoder
