@@ -55,19 +55,26 @@ def test_training_mode_with_padding_is_finite_and_matches_padded_path_without_dr
     assert_close(train_loss, eval_loss, atol=1e-5, rtol=1e-5)
 
 
-def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
-    """`model.compile` (here with the eager backend: dynamo traces our layers, including the
-    Packing object, without the minutes inductor needs on CPU) keeps the state-dict names and
-    the outputs, padded batches included."""
+def plain_and_compiled(backend: str, training: bool):
+    """Two tiny classification modules with the same weights, the second under
+    `model.compile` with the given torch.compile backend."""
     from bertzoo.tasks.classification import ClassificationModule
     torch.manual_seed(0)
     config = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
               "num_attention_heads": 4, "intermediate_size": 64}
-    plain = ClassificationModule(config=config, num_labels=3, vocab_size=100).eval()
+    plain = ClassificationModule(config=config, num_labels=3, vocab_size=100).train(training)
     compiled = ClassificationModule(config=config, num_labels=3, vocab_size=100,
-                                    compile={"backend": "eager"}).eval()
+                                    compile={"backend": backend}).train(training)
     compiled.load_state_dict(plain.state_dict())
     compiled.configure_model()
+    return plain, compiled
+
+
+def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
+    """`model.compile` (here with the eager backend: dynamo traces our layers, including the
+    Packing object, without the minutes inductor needs on CPU) keeps the state-dict names and
+    the outputs, padded batches included."""
+    plain, compiled = plain_and_compiled("eager", training=False)
     assert all(layer._compiled_call_impl is not None for layer in compiled.encoder.layers)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     for length in (16, 11):  # two shapes: dynamic, not one recompilation per length
@@ -78,20 +85,11 @@ def test_compile_option_compiles_each_layer_in_place_with_the_same_numbers():
         assert_close(compiled(batch), plain(batch))
 
 
-
 def test_compile_in_training_mode_keeps_dropout_outputs_and_gradients():
     """Training mode under `model.compile` (aot_eager: dynamo and AOTAutograd trace the layers
     and our autograd Functions; the numpy-drawn dropout masks run eagerly between graphs): the
     same outputs and gradients as eager under one seed."""
-    from bertzoo.tasks.classification import ClassificationModule
-    torch.manual_seed(0)
-    config = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "intermediate_size": 64}
-    plain = ClassificationModule(config=config, num_labels=3, vocab_size=100).train()
-    compiled = ClassificationModule(config=config, num_labels=3, vocab_size=100,
-                                    compile={"backend": "aot_eager"}).train()
-    compiled.load_state_dict(plain.state_dict())
-    compiled.configure_model()
+    plain, compiled = plain_and_compiled("aot_eager", training=True)
     ids = torch.randint(5, 100, (3, 16))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
