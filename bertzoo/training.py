@@ -55,7 +55,8 @@ def tune_cpu_process() -> None:
       and gradient back in. Measured here on a BERT-base training step (B=8, T=128, 2 cores):
       ~100,000 page faults per step, 2% of the step alone and 5% when another model's step
       runs in between; with the setting, none. GPUs' caching allocators do the same. Nothing
-      happens where the C library is not glibc.
+      happens where the C library is not glibc, or when MALLOC_MMAP_THRESHOLD_ or
+      MALLOC_TRIM_THRESHOLD_ is set in the environment (your own choice is kept).
     """
     torch.set_flush_denormal(True)
     global _allocator_tuned
@@ -66,7 +67,8 @@ def tune_cpu_process() -> None:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
     except (AttributeError, ValueError, OSError):  # not a GNU C library, or not POSIX
         libc = ""
-    if not libc.startswith("glibc"):
+    if not libc.startswith("glibc") or {"MALLOC_MMAP_THRESHOLD_",
+                                        "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
         return
     import ctypes
     mallopt = ctypes.CDLL(None).mallopt
