@@ -388,15 +388,13 @@ def peak_memory(config: BertConfig, batch: dict, device: torch.device) -> dict[s
 def bench_pipeline(datamodule, max_documents: int | None = None) -> tuple[float, int]:
     """Tokens/s of tokenize + NSP instances + masking over the corpus, uncached."""
     from bertzoo.pretraining.datamodule import tokenize_documents
-    from bertzoo.pretraining.instances import DocumentPool, InstanceConfig, build_instances
+    from bertzoo.pretraining.instances import DocumentPool, build_instances
     documents = datamodule.documents()["train"]
     sentences = documents["sentences"]
     if max_documents:
         sentences = sentences[:max_documents]
     tokenizer = datamodule.tokenizer
-    config = InstanceConfig(**{**datamodule.instance_config.__dict__,
-                               "cls_id": tokenizer.token_to_id("[CLS]"),
-                               "sep_id": tokenizer.token_to_id("[SEP]")})
+    config = datamodule.tokenizer_instance_config()
     collator = datamodule.collator
     start = time.perf_counter()
     tokenized = []

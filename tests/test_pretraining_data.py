@@ -166,14 +166,25 @@ def test_instances_are_deterministic_and_independent_of_batching(tokenized_docum
 
 
 def test_stream_blocks_draw_notnext_from_the_block(tokenized_documents):
+    """StreamedInstances builds a stream's instances a block of `pool_size` documents at a
+    time; NotNext segments come from another document of the same block."""
+    import datasets
+
+    from bertzoo.pretraining.datamodule import StreamedInstances
     config = InstanceConfig(max_seq_length=48, seed=1)
-    block = tokenized_documents[100:150]
-    out = build_instances({"sentence_ids": block}, list(range(100, 150)), config)
-    assert all(100 <= b < 150 for b in out["b_document"])
-    assert all(a != b for a, b, label in zip(out["a_document"], out["b_document"],
-                                             out["nsp_label"]) if label == NOT_NEXT)
-    with pytest.raises(ValueError, match="single document"):
-        build_instances({"sentence_ids": block[:1]}, [0], config)
+
+    def blocks_of(documents, pool_size):
+        stream = datasets.Dataset.from_dict({"sentence_ids": documents}).to_iterable_dataset()
+        return StreamedInstances(stream, config, pool_size=pool_size, duplicates=1, seed=0)
+
+    out = list(blocks_of(tokenized_documents[100:150], pool_size=50)._pass(0, 0, 1))
+    assert {row["a_document"] for row in out} <= set(range(50))
+    assert all(0 <= row["b_document"] < 50 for row in out)
+    assert all(row["a_document"] != row["b_document"] for row in out
+               if row["nsp_label"] == NOT_NEXT)
+    assert any(row["nsp_label"] == NOT_NEXT for row in out)
+    with pytest.raises(CorpusError, match="single document"):
+        list(blocks_of(tokenized_documents[100:101], pool_size=50)._pass(0, 0, 1))
 
 
 # ------------------------------------------------------------------------------------ masking

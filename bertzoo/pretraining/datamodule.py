@@ -183,9 +183,9 @@ class StreamedInstances(torch.utils.data.IterableDataset):
                 number = (block_number * self.pool_size + k) * streams + stream_id
                 rng = np.random.default_rng([self.config.seed, duplicate, number])
                 instances.extend(
-                    {"input_ids": np.asarray(instance["input_ids"], dtype=np.int32),
-                     "token_type_ids": np.asarray(instance["token_type_ids"], dtype=np.int8),
-                     "nsp_label": instance["nsp_label"]}
+                    {**instance,  # nsp_label and the documents' indices in the pool
+                     "input_ids": np.asarray(instance["input_ids"], dtype=np.int32),
+                     "token_type_ids": np.asarray(instance["token_type_ids"], dtype=np.int8)}
                     for instance in document_instances(document, first + k, pool, self.config,
                                                        rng))
             order = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch, stream_id,

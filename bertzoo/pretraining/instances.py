@@ -62,25 +62,23 @@ class InstanceConfig:
 
 
 class DocumentPool:
-    """Where NotNext segments come from: `size` documents, addressed by a global index."""
+    """Where NotNext segments come from: documents addressed by their index in the pool."""
 
-    def __init__(self, documents: Sequence[Sequence[Sequence[int]]], first_index: int = 0):
+    def __init__(self, documents: Sequence[Sequence[Sequence[int]]]):
         self.documents = documents
-        self.first_index = first_index
 
     def __len__(self) -> int:
         return len(self.documents)
 
     def other(self, rng: np.random.Generator, exclude: int) -> tuple[int, Sequence[Sequence[int]]]:
-        """A random document whose global index is not `exclude` (uniform over the others)."""
+        """A random document whose index is not `exclude` (uniform over the others)."""
         size = len(self.documents)
-        local_exclude = exclude - self.first_index
-        if not 0 <= local_exclude < size:
-            local = int(rng.integers(size))
+        if not 0 <= exclude < size:
+            index = int(rng.integers(size))
         else:
-            local = int(rng.integers(size - 1))
-            local += local >= local_exclude  # skip the excluded one: uniform over the rest
-        return self.first_index + local, self.documents[local]
+            index = int(rng.integers(size - 1))
+            index += index >= exclude  # skip the excluded one: uniform over the rest
+        return index, self.documents[index]
 
 
 def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_tokens: int,
@@ -153,16 +151,12 @@ def _target_length(max_tokens: int, config: InstanceConfig, rng: np.random.Gener
 
 
 def build_instances(batch: dict[str, list], indices: list[int], config: InstanceConfig,
-                    pool: DocumentPool | None = None, duplicates: int = 1) -> dict[str, list]:
+                    pool: DocumentPool, duplicates: int = 1) -> dict[str, list]:
     """`datasets.map(batched=True, with_indices=True)` function: tokenized documents (column
-    `sentence_ids`) -> instances. Without `pool`, NotNext segments come from the batch itself
-    (a stream's block); each document's generator is seeded with (seed, duplicate, index)."""
+    `sentence_ids`, at their `indices` in `pool`, the whole corpus) -> instances; each
+    document's generator is seeded with (seed, duplicate, index). A stream's blocks are built
+    by `bertzoo.pretraining.datamodule.StreamedInstances`."""
     documents = batch["sentence_ids"]
-    if pool is None:
-        pool = DocumentPool(documents, first_index=indices[0])
-        if len(pool) < 2:
-            raise ValueError("a block of the corpus holds a single document; next sentence "
-                             "prediction needs at least two (use a larger data.pool_size)")
     out: dict[str, list] = {"input_ids": [], "token_type_ids": [], "nsp_label": [],
                             "a_document": [], "b_document": []}
     for duplicate in range(duplicates):
