@@ -186,6 +186,8 @@ def test_training_step_logs_every_metric(tmp_path):
         (counts.max() / counts.sum()).item())
     assert logged["val/perplexity"].item() == pytest.approx(
         torch.exp(logged["val/mlm_loss"]).item(), rel=1e-5)
+    assert logged["val/loss"].item() == pytest.approx(
+        (logged["val/mlm_loss"] + logged["val/nsp_loss"]).item(), rel=1e-6)
 
 
 def test_bad_inputs_fail_before_training(tmp_path, corpus, monkeypatch, capsys):

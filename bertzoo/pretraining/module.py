@@ -71,28 +71,6 @@ class MajorityAccuracy(torchmetrics.Metric):
         return self.counts.max().float() / self.counts.sum().clamp(min=1)
 
 
-class PretrainingLoss(torchmetrics.Metric):
-    """MLM loss averaged over masked tokens plus NSP loss averaged over pairs, accumulated over a
-    stage: the same value whatever the batch size or number of devices."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        for name in ("mlm_total", "mlm_count", "nsp_total", "nsp_count"):
-            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, mlm_loss: Tensor, masked: int, nsp_loss: Tensor, pairs: int) -> None:
-        self.mlm_total += mlm_loss.double() * masked
-        self.mlm_count += masked
-        self.nsp_total += nsp_loss.double() * pairs
-        self.nsp_count += pairs
-
-    def compute(self) -> Tensor:
-        return (self.mlm_total / self.mlm_count.clamp(min=1)
-                + self.nsp_total / self.nsp_count.clamp(min=1)).float()
-
-
 class PretrainingModule(BertModule):
     """BERT pretraining: masked LM + next sentence prediction.
 
@@ -155,7 +133,6 @@ class PretrainingModule(BertModule):
             "nsp_accuracy": torchmetrics.classification.MulticlassAccuracy(
                 num_classes=2, average="micro"),
         }, compute_groups=False))
-        self.stage_loss = nn.ModuleDict({"val": PretrainingLoss(), "test": PretrainingLoss()})
 
     @property
     def encoder(self) -> nn.Module:
@@ -227,13 +204,24 @@ class PretrainingModule(BertModule):
             call(metrics["mlm_majority_accuracy"], out.mlm_labels)
         call(metrics["nsp_loss"], nsp_loss, weight=batch_size)
         call(metrics["nsp_accuracy"], out.nsp_logits.detach(), batch["nsp_labels"])
-        if stage == "train":
-            logged_loss = loss.detach()  # synced as the mean over ranks: the global batch's
-        else:
-            logged_loss = self.stage_loss[stage]
-            logged_loss.update(mlm_loss, masked, nsp_loss, batch_size)
-        self.log_stage(stage, {"loss": logged_loss, **metrics}, batch_size)
+        # Training logs the step's loss (synced as the mean over ranks: the global batch's);
+        # validation and test log theirs at the epoch's end, from the metrics' sums.
+        values = {"loss": loss.detach(), **metrics} if stage == "train" else dict(metrics)
+        self.log_stage(stage, values, batch_size)
         return loss
+
+    def _log_stage_loss(self, stage: str) -> None:
+        """`<stage>/loss` = the stage's masked-token mean MLM loss + pair mean NSP loss, from
+        the (device-synced) sums the `mlm_loss` and `nsp_loss` metrics hold."""
+        metrics = self.metrics[stage]
+        mlm = torch.nan_to_num(metrics["mlm_loss"].compute(), nan=0.0)  # nan: nothing masked
+        self.log(f"{stage}/loss", mlm + metrics["nsp_loss"].compute())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage_loss("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage_loss("test")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step("train", batch)
@@ -245,5 +233,4 @@ class PretrainingModule(BertModule):
         self._step("test", batch)
 
 
-__all__ = ["PretrainingModule", "PretrainingLoss", "Perplexity", "MajorityAccuracy",
-           "IGNORE_INDEX"]
+__all__ = ["PretrainingModule", "Perplexity", "MajorityAccuracy", "IGNORE_INDEX"]
