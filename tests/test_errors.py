@@ -47,6 +47,14 @@ def run(args: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
+def failure(args: list[str], capsys, status: int) -> str:
+    """stderr of `bertzoo ARGS` (trailing whitespace dropped), which must exit with `status`
+    (2: the parser refused the arguments; 1: bertzoo's own check did)."""
+    code, err = run(args, capsys)
+    assert code == status, err
+    return err.rstrip()
+
+
 def assert_no_run(folder: Path) -> None:
     assert not list(folder.glob("runs/*/version_*/checkpoints")), "training started"
     assert not list(folder.glob("runs/*/version_*/metrics.csv")), "training started"
@@ -65,19 +73,17 @@ def test_unknown_yaml_key_suggests_the_closest(section, key, expected, tiny_back
     recipe.write_text(yaml.safe_dump({"task": "classification",
                                       "model": {"backbone": str(tiny_backbone_dir)},
                                       section: {key: 1}}))
-    status, err = run(["fit", "--config", str(recipe)], capsys)
-    assert status == 2
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--config", str(recipe)], capsys, status=2)
+    assert err.endswith(
         f"error: Subcommand 'fit' does not accept option '{section}.{key}'; {expected}")
     assert_no_run(tmp_path)
 
 
 def test_unknown_command_line_option_suggests_the_closest(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    status, err = run(["fit", "--task", "classification", "--data.max_lenght=64"], capsys)
-    assert status == 2
-    assert err.rstrip().endswith("error: unrecognized arguments: --data.max_lenght=64; did you "
-                                 "mean '--data.max_length'?")
+    err = failure(["fit", "--task", "classification", "--data.max_lenght=64"], capsys, status=2)
+    assert err.endswith("error: unrecognized arguments: --data.max_lenght=64; did you "
+                        "mean '--data.max_length'?")
 
 
 @pytest.mark.parametrize("where", ["yaml", "command line"])
@@ -90,20 +96,18 @@ def test_wrong_type_names_the_key_and_the_expected_type(where, tmp_path, monkeyp
         args = ["fit", "--config", str(recipe)]
     else:
         args = ["fit", "--task", "classification", "--data.batch_size=lots"]
-    status, err = run(args, capsys)
-    assert status == 2
-    assert err.rstrip().endswith('error: Parser key "data.batch_size":\n'
-                                 "  Expected a <class 'int'>. Got value: lots")
+    err = failure(args, capsys, status=2)
+    assert err.endswith('error: Parser key "data.batch_size":\n'
+                        "  Expected a <class 'int'>. Got value: lots")
 
 
 # ------------------------------------------------------------------------------- checkpoints
 def test_checkpoint_of_another_task_names_both(task_files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     checkpoint = task_files["checkpoint"]
-    status, err = run(["fit", "--task", "ner", f"--data.train_file={task_files['train_file']}",
-                       f"--ckpt_path={checkpoint}", *QUIET], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--task", "ner", f"--data.train_file={task_files['train_file']}",
+                   f"--ckpt_path={checkpoint}", *QUIET], capsys, status=1)
+    assert err.endswith(
         f"bertzoo fit: error: --ckpt_path {checkpoint} was written by "
         f"bertzoo.tasks.classification.ClassificationModule (task 'classification'), but this "
         f"run is bertzoo.tasks.ner.NerModule (task 'ner'): --ckpt_path resumes or evaluates "
@@ -120,17 +124,15 @@ def test_truncated_checkpoint_names_the_file(task_files, tiny_backbone_dir, tmp_
     torn = tmp_path / "torn.ckpt"
     torn.write_bytes(Path(task_files["checkpoint"]).read_bytes()[:4096])
     data = [f"--data.train_file={task_files['train_file']}", *QUIET]
-    status, err = run(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
-                       f"--ckpt_path={torn}", *data], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                   f"--ckpt_path={torn}", *data], capsys, status=1)
+    assert err.endswith(
         f"bertzoo fit: error: --ckpt_path {torn} is not a readable checkpoint (RuntimeError: "
         f"PytorchStreamReader failed reading zip archive: failed finding central directory)")
 
-    status, err = run(["fit", "--task", "classification", f"--model.backbone={torn}",
-                       f"--data.tokenizer={tiny_backbone_dir}", *data], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--task", "classification", f"--model.backbone={torn}",
+                   f"--data.tokenizer={tiny_backbone_dir}", *data], capsys, status=1)
+    assert err.endswith(
         f"bertzoo fit: error: {torn} is not a readable PyTorch checkpoint: RuntimeError: "
         f"PytorchStreamReader failed reading zip archive: failed finding central directory")
     assert_no_run(tmp_path)
@@ -148,10 +150,9 @@ def test_checkpoint_holding_objects_is_refused_unread(task_files, tmp_path, monk
     ckpt = torch.load(task_files["checkpoint"], weights_only=True)
     ckpt["payload"] = Payload()
     torch.save(ckpt, tampered)
-    status, err = run(["fit", "--task", "classification", f"--ckpt_path={tampered}",
-                       f"--data.train_file={task_files['train_file']}", *QUIET], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--task", "classification", f"--ckpt_path={tampered}",
+                   f"--data.train_file={task_files['train_file']}", *QUIET], capsys, status=1)
+    assert err.endswith(
         f"bertzoo fit: error: --ckpt_path {tampered} is not a readable checkpoint "
         f"(UnpicklingError: Weights only load failed: it would construct test_errors.Payload, "
         f"which is not a tensor or plain data)")
@@ -163,23 +164,21 @@ def test_tokenizer_folder_without_vocabulary(task_files, tmp_path, monkeypatch, 
     folder = tmp_path / "my-tokenizer"
     folder.mkdir()
     (folder / "tokenizer_config.json").write_text("{}")
-    status, err = run(["fit", "--task", "classification", "--model.config=tiny",
-                       f"--data.tokenizer={folder}", f"--data.train_file={task_files['train_file']}",
-                       *QUIET], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(f"bertzoo fit: error: {folder} has neither tokenizer.json nor "
-                                 f"vocab.txt; a BERT tokenizer folder needs one of them")
+    err = failure(["fit", "--task", "classification", "--model.config=tiny",
+                   f"--data.tokenizer={folder}", f"--data.train_file={task_files['train_file']}",
+                   *QUIET], capsys, status=1)
+    assert err.endswith(f"bertzoo fit: error: {folder} has neither tokenizer.json nor "
+                        f"vocab.txt; a BERT tokenizer folder needs one of them")
     assert_no_run(tmp_path)
 
 
 def test_backbone_and_config_together(task_files, tiny_backbone_dir, tmp_path, monkeypatch,
                                       capsys):
     monkeypatch.chdir(tmp_path)
-    status, err = run(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
-                       "--model.config=tiny", f"--data.train_file={task_files['train_file']}",
-                       *QUIET], capsys)
-    assert status == 1
-    assert err.rstrip().endswith(
+    err = failure(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                   "--model.config=tiny", f"--data.train_file={task_files['train_file']}",
+                   *QUIET], capsys, status=1)
+    assert err.endswith(
         "bertzoo fit: error: give either model.backbone (a checkpoint to start from) or "
         "model.config (a preset for random initialisation), not both")
     assert_no_run(tmp_path)
