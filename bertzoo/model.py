@@ -242,7 +242,7 @@ class _DropoutAttention(torch.autograd.Function):
 
     - q, k and v are made contiguous by one copy and their gradients go back to the fused
       (B, T, 3H) layout by one copy: four layout copies per layer, forward and backward, where
-      torch.matmul on the permuted views made eight (a profile of one layer);
+      torch.matmul on the permuted views made seven (per layer, in a profile);
     - 1/sqrt(hd) is the matmuls' alpha, not a pass over the (T, T) scores;
     - backward needs no mask: with d = probs * keep * scale (the dropped probabilities, which
       the second matmul saves anyway), dL/dscores = g*d - probs * rowsum(g*d), g = dL/dd.
