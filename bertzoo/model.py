@@ -68,7 +68,7 @@ def random_words(count: int) -> Tensor:
     """`count` uniformly random int64 words on CPU: numpy's SFC64 generator, seeded by one draw
     from torch's generator, so that `torch.manual_seed` makes them reproducible as it does any
     torch op. With the seeding, 65,536 words take ~2.1x less time than torch's Mersenne Twister
-    (`torch.randint`) on this project's CPU, where the masks of a BERT-base step took ~3% of it."""
+    (`torch.randint`) on this project's CPU, where the masks took 2-3% of a BERT-base step."""
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
