@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from bertzoo.config import BertConfig, ConfigError
+from bertzoo.files import (CKPT_KEY, CheckpointError, atomic_write, describe_load_error,
+                           read_lightning_checkpoint, read_torch_file)
 
 log = logging.getLogger("bertzoo")
 
@@ -43,14 +44,6 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
-
-# Key written into every bertzoo Lightning checkpoint by the LightningModules.
-CKPT_KEY = "bertzoo"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read as BERT weights; the message names the file and key."""
-
 
 # ------------------------------------------------------------------------------- name mapping
 # (bertzoo name, Hugging Face name) for every parameter except the fused QKV; "{}" stands for a
@@ -139,19 +132,6 @@ def from_hf_state_dict(state: dict[str, Tensor], source: str = "<state dict>"
 
 
 # ------------------------------------------------------------------------------ reading files
-def describe_load_error(err: BaseException) -> str:
-    """torch.load's error in one line: its first sentence, and for a pickle that
-    `weights_only=True` refuses, the object it would have built ("test.Payload")."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    first = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else ""
-    first = first.split(". ")[0].rstrip(".")
-    refused = next((re.search(r"Unsupported global: GLOBAL (\S+)", line) for line in lines
-                    if "Unsupported global" in line), None)
-    detail = f": it would construct {refused.group(1)}, which is not a tensor or plain data" \
-        if refused else ""
-    return f"{type(err).__name__}: {first}{detail}"
-
-
 def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Tensors of one safetensors or PyTorch pickle file (the latter with weights_only=True)."""
     path = str(path)
@@ -162,11 +142,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign pickles
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
-                              f"{describe_load_error(err)}") from err
+    state = read_torch_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
     return state
@@ -211,17 +187,6 @@ def resolve(path: str | os.PathLike) -> Path:
                 f"could be downloaded ({type(err).__name__}: {err})") from err
     raise FileNotFoundError(f"no such file or folder: {text} (expected a Hugging Face BERT folder, "
                             f"a bertzoo export folder or a Lightning .ckpt file)")
-
-
-def read_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A bertzoo Lightning checkpoint, read without running pickled code."""
-    ckpt = read_weights(path)
-    if "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
-    if CKPT_KEY not in ckpt:
-        raise CheckpointError(f"{path} was not written by a bertzoo module (no {CKPT_KEY!r} "
-                              f"entry holding the model config)")
-    return ckpt
 
 
 def _split_module_state(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -320,26 +285,6 @@ def _load_heads(model, state: dict[str, Tensor], source: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- writing
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates the file readable by its owner only; give the result the permissions
-        # any new file gets (0o666 minus the umask), so a shared run folder stays readable.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(directory: str | os.PathLike, encoder, tokenizer=None, heads=None,
                     extra_state: dict[str, Tensor] | None = None,
                     architecture: str | None = None,

@@ -133,8 +133,8 @@ def test_truncated_checkpoint_names_the_file(task_files, tiny_backbone_dir, tmp_
     err = failure(["fit", "--task", "classification", f"--model.backbone={torn}",
                    f"--data.tokenizer={tiny_backbone_dir}", *data], capsys, status=1)
     assert err.endswith(
-        f"bertzoo fit: error: {torn} is not a readable PyTorch checkpoint: RuntimeError: "
-        f"PytorchStreamReader failed reading zip archive: failed finding central directory")
+        f"bertzoo fit: error: {torn} is not a readable checkpoint (RuntimeError: "
+        f"PytorchStreamReader failed reading zip archive: failed finding central directory)")
     assert_no_run(tmp_path)
 
 

@@ -1,0 +1,86 @@
+"""What every layer shares about checkpoint files, with no dependency on the rest of bertzoo:
+the key bertzoo modules write into a Lightning checkpoint, the error for a file that cannot be
+used, the one way a pickled checkpoint is read, and the one way any file is written.
+
+Reading: `.ckpt` and `.bin` files are pickles, read with `torch.load(weights_only=True)`, which
+refuses anything but tensors and plain containers, so loading a checkpoint cannot run code.
+Writing: to a temporary name in the same folder, then renamed, so a crash or a full disk never
+leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Key written into every bertzoo Lightning checkpoint by the LightningModules.
+CKPT_KEY = "bertzoo"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as BERT weights; the message names the file and key."""
+
+
+def describe_load_error(err: BaseException) -> str:
+    """torch.load's error in one line: its first sentence, and for a pickle that
+    `weights_only=True` refuses, the object it would have built ("test.Payload")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else ""
+    first = first.split(". ")[0].rstrip(".")
+    refused = next((re.search(r"Unsupported global: GLOBAL (\S+)", line) for line in lines
+                    if "Unsupported global" in line), None)
+    detail = f": it would construct {refused.group(1)}, which is not a tensor or plain data" \
+        if refused else ""
+    return f"{type(err).__name__}: {first}{detail}"
+
+
+def read_torch_file(path: str | os.PathLike, described_as: str | None = None,
+                    mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` on CPU: the one place bertzoo reads a pickled
+    checkpoint. A missing file is a FileNotFoundError, anything torch cannot read (truncated,
+    not a checkpoint, a pickle of arbitrary objects) a CheckpointError; both name the file as
+    `described_as` (default: the path)."""
+    name = described_as or str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such checkpoint: {name}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises several types for truncated or foreign pickles
+        raise CheckpointError(f"{name} is not a readable checkpoint "
+                              f"({describe_load_error(err)})") from err
+
+
+def read_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A bertzoo Lightning checkpoint, read without running pickled code."""
+    ckpt = read_torch_file(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
+    if CKPT_KEY not in ckpt:
+        raise CheckpointError(f"{path} was not written by a bertzoo module (no {CKPT_KEY!r} "
+                              f"entry holding the model config)")
+    return ckpt
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_path)`, then rename onto `path`: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp creates the file readable by its owner only; give the result the permissions
+        # any new file gets (0o666 minus the umask), so a shared run folder stays readable.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
