@@ -16,10 +16,12 @@ runs in a plugin's own CI; the data comes from each task's own `TaskSpec.example
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from bertzoo.tasks import get_task
 from bertzoo.tasks.registry import REGISTRY
-from bertzoo.testing import TASK_CHECKS, check_task
+from bertzoo.testing import TASK_CHECKS, build_task, check_task, tiny_backbone
 
 TASK_NAMES = REGISTRY.names()  # discovered without importing any task
 
@@ -46,3 +48,27 @@ def test_check_task_runs_every_check(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_registered_task(name, check, tiny_backbone_dir, tmp_path):
     check(get_task(name), tmp_path, tiny_backbone_dir)
+
+
+@pytest.fixture(scope="module")
+def wide_init_backbone(tmp_path_factory):
+    """A tiny backbone whose config asks for initializer_range 0.5 (BERT's is 0.02)."""
+    return tiny_backbone(tmp_path_factory.mktemp("wide-init"), initializer_range=0.5)
+
+
+@pytest.mark.parametrize("name", ["classification", "ner", "qa", "multiple_choice"])
+def test_heads_are_initialised_as_bert_with_the_encoders_range(name, wide_init_backbone,
+                                                               tmp_path):
+    """Every head layer (TaskModule.init_heads -> bertzoo.model.init_weights): N(0, the
+    encoder's initializer_range) weights, zero biases."""
+    torch.manual_seed(0)
+    _, _, model = build_task(get_task(name), wide_init_backbone, tmp_path)
+    assert model.encoder.config.initializer_range == 0.5
+    heads = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and not n.startswith("encoder.")]
+    assert heads, f"{name} has no head layer"
+    for head_name, head in heads:
+        assert head.bias.eq(0).all(), f"{name}: {head_name}.bias is not zero"
+        std = head.weight.std().item()
+        # >= 32 weights: their sample std lies within 0.5 +- 0.2 (> 3 standard errors)
+        assert 0.3 < std < 0.7, f"{name}: {head_name}.weight std {std:.3f}, expected ~0.5"
