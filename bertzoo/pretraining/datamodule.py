@@ -447,9 +447,9 @@ class PretrainingDataModule(BertDataModule):
                 f"line separates documents; in the text format each file is one document")
 
     # ---------------------------------------------------------------------------- tokenizer
-    def load_tokenizer(self):
+    def make_tokenizer(self):
         """The tokenizer `tokenizer` names, or else one trained on the training documents."""
-        return super().load_tokenizer() if self.tokenizer_path else self._trained_tokenizer()
+        return super().make_tokenizer() if self.tokenizer_path else self._trained_tokenizer()
 
     def _trained_tokenizer(self):
         """WordPiece trained on the training documents, cached per corpus and options (one

@@ -3,18 +3,21 @@
 A task — built-in or plugin — supplies only what is specific to it:
 
     TaskDataModule subclass                     TaskModule subclass
-      read_file(path)     -> datasets.Dataset      __init__: heads on top of self.encoder
-      preprocess(dataset) -> tokenized Dataset     forward(batch) -> outputs
-      label_names (if it has labels)               loss(outputs, batch) -> scalar
+      read_file(path)     -> datasets.Dataset      __init__: heads on top of self.encoder,
+      preprocess(dataset) -> tokenized Dataset       then self.init_heads(*heads)
+      label_names (if it has labels)               forward(batch) -> outputs
+      model_links: what the model is built with    loss(outputs, batch) -> scalar
                                                    build_metrics() -> MetricCollection
                                                    metric_update(outputs, batch) -> args
                                                    decode(outputs, batch) -> [row dicts]
 
-and inherits the rest: backbone loading (a bertzoo checkpoint/export or a Hugging Face folder)
-or random initialisation from a preset, AdamW with warm-up/decay and optional layer-wise
-learning-rate decay, metric logging under the same names in every stage (synced across devices
-by torchmetrics), reading CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with
-a cached `datasets.map`, length-grouped batching with dynamic padding, and prediction writing.
+and inherits the rest: the tokenizer and resumable loaders every bertzoo data module has
+(`bertzoo.training.data.BertDataModule`), backbone loading (a bertzoo checkpoint/export or a
+Hugging Face folder) or random initialisation from a preset, BERT's initialisation for the
+heads, AdamW with warm-up/decay and optional layer-wise learning-rate decay, metric logging
+under the same names in every stage (synced across devices by torchmetrics), reading
+CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with a cached `datasets.map`,
+length-grouped batching with dynamic padding, and prediction writing.
 
 Optional hooks (all have defaults; added after the first version, nothing was renamed):
     TaskDataModule.encode(texts, pairs)   truncating BERT encoding of single texts or pairs

@@ -1,7 +1,7 @@
 """`BertDataModule`: what every bertzoo data module shares, pretraining's and each task's.
 
     the tokenizer   read once from `tokenizer` (a folder or a `.ckpt`), or made by the subclass
-                    (`load_tokenizer`); its vocabulary size and special-token ids
+                    (`make_tokenizer`); its vocabulary size and special-token ids
     model_links     the data module's values the model is built with (`vocab_size`, label
                     names...): the CLI links each to the same-named model argument
     loaders         a `StatefulDataLoader` over a `bertzoo.data.BatchSampler`: one global
@@ -23,7 +23,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from bertzoo.config import ConfigError
 from bertzoo.data import BatchSampler, distributed_rank_and_size
-from bertzoo.tokenizer import SpecialIds, load_tokenizer, special_ids
+from bertzoo import tokenizer as wordpiece
+from bertzoo.tokenizer import SpecialIds
 
 
 class BertDataModule(L.LightningDataModule):
@@ -54,18 +55,18 @@ class BertDataModule(L.LightningDataModule):
     # -- tokenizer
     @property
     def tokenizer(self):
-        """The `tokenizers.Tokenizer`, loaded on first use (`load_tokenizer`)."""
+        """The `tokenizers.Tokenizer`, made on first use (`make_tokenizer`)."""
         if self._tokenizer is None:
-            self._tokenizer = self.load_tokenizer()
+            self._tokenizer = self.make_tokenizer()
         return self._tokenizer
 
-    def load_tokenizer(self):
+    def make_tokenizer(self):
         """The tokenizer `tokenizer` names. Subclasses may make one when it names none
         (pretraining trains a WordPiece vocabulary on its corpus)."""
         if not self.tokenizer_path:
             raise ConfigError("no tokenizer: set data.tokenizer, or model.backbone (whose "
                               "tokenizer is then used)")
-        return load_tokenizer(self.tokenizer_path)
+        return wordpiece.load_tokenizer(self.tokenizer_path)
 
     @property
     def vocab_size(self) -> int:
@@ -74,7 +75,7 @@ class BertDataModule(L.LightningDataModule):
     @property
     def special_ids(self) -> SpecialIds:
         """Ids of [PAD], [UNK], [CLS], [SEP] (and [MASK]) in this tokenizer."""
-        return special_ids(self.tokenizer)
+        return wordpiece.special_ids(self.tokenizer)
 
     @property
     def pad_token_id(self) -> int:
