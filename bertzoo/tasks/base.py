@@ -90,8 +90,6 @@ class TaskModule(BertModule):
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
     train_metrics: ClassVar[bool] = True
-    #: (metric, mode) the best checkpoint is chosen by, when it differs from the TaskSpec's.
-    checkpoint_monitor: tuple[str, str] | None = None
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
                  vocab_size: int | None = None, head_dropout: float = 0.1,
