@@ -20,7 +20,8 @@ PLACES = "Paris Lagos Lima Oslo Kyoto Cairo Quito Perth".split()
 
 def sentence(rng: random.Random) -> str:
     """One short grammatical sentence, e.g. 'Alice sees the small cat near the river.'"""
-    subject = rng.choice(NAMES) if rng.random() < 0.4 else f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+    subject = (rng.choice(NAMES) if rng.random() < 0.4
+               else f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}")
     obj = f"the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
     tail = f" in {rng.choice(PLACES)}" if rng.random() < 0.3 else f" near the {rng.choice(NOUNS)}"
     return f"{subject} {rng.choice(VERBS)} {obj}{tail}."
