@@ -9,9 +9,9 @@ A recipe's name is its path under the recipes folder without the suffix
 
 Where they come from: the repository's top-level `recipes/` folder is the source. The wheel
 carries it as the data-only package `bertzoo.recipes` (pyproject.toml maps that package onto
-`recipes/`), which `importlib.resources` reads in an installed bertzoo, editable or not. A
-source checkout put on PYTHONPATH without installing has no such package; the folder next to
-the `bertzoo` package is read then.
+`recipes/`), read through `importlib.resources` in an installed bertzoo. A source checkout
+(editable, or on PYTHONPATH) has no bertzoo/recipes folder: `recipes/` beside the `bertzoo`
+package is read there.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-PACKAGE = "bertzoo.recipes"
 SUFFIXES = (".yaml", ".yml")
 
 
@@ -76,19 +75,17 @@ class Recipe:
 
 
 def recipes_root() -> Traversable:
-    """The folder of packaged recipes: the `bertzoo.recipes` package data of an installed
-    bertzoo, or `recipes/` beside the `bertzoo` package of a source checkout."""
-    try:
-        root = resources.files(PACKAGE)
-    except ModuleNotFoundError:
-        root = None
-    if root is not None and root.is_dir():
-        return root
+    """The folder of packaged recipes: `bertzoo/recipes` of an installed bertzoo (its
+    `bertzoo.recipes` package data), or `recipes/` beside the `bertzoo` package of a source
+    checkout (editable installs included: there the package maps onto that folder)."""
+    installed = resources.files("bertzoo") / "recipes"
+    if installed.is_dir():
+        return installed
     checkout = Path(__file__).resolve().parents[1] / "recipes"
     if checkout.is_dir():
         return checkout
-    raise RecipeError(f"no packaged recipes: {PACKAGE} is not installed and there is no "
-                      f"{checkout} (reinstall bertzoo)")
+    raise RecipeError(f"no packaged recipes: neither {installed} nor {checkout} exists "
+                      f"(reinstall bertzoo)")
 
 
 def _walk(folder: Traversable, prefix: str = ""):
