@@ -24,7 +24,6 @@ For each one:
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import random
 import shlex
@@ -584,10 +583,7 @@ def provide_local_files(recipe: Path, config: dict, values: dict[str, str], fold
     spec = task_of(recipe, config)
     like = {**section(config, "data"), **{k.split(".", 1)[1]: v for k, v in values.items()
                                            if k.startswith("data.")}}
-    if "like" in inspect.signature(spec.example_data).parameters:
-        made = spec.example_data(folder, like=like)
-    else:
-        made = spec.example_data(folder)
+    made = spec.example_data(folder, like=like)
     for key, path in wanted.items():
         source = Path(made[key] if key in made else made["validation_file"])
         if like.get("scheme") == "IOB1":  # CoNLL-2003's original files
@@ -648,10 +644,7 @@ def tiny_overrides(recipe: Path, config: dict, backbone: Path, folder: Path) -> 
         return overrides + [f"--data.train_files={corpus}", "--data.format=bert",
                             "--data.dataset=null", "--data.validation_files=null"]
     spec = task_of(recipe, config)
-    if "like" in inspect.signature(spec.example_data).parameters:
-        data_args = spec.example_data(folder, like=data)
-    else:
-        data_args = spec.example_data(folder)
+    data_args = spec.example_data(folder, like=data)
     if data.get("dataset"):
         overrides += ["--data.dataset=null", "--data.dataset_config=null"]
     return overrides + arguments("data", data_args)
