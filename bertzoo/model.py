@@ -247,8 +247,7 @@ class BertEncoder(nn.Module):
 
     def use_kernels(self, kernels: str) -> "BertEncoder":
         """Run `kernels` ("auto" or "reference") from now on, chosen for the parameters' device."""
-        device = next((p.device for p in self.parameters()), torch.device("cpu"))
-        chosen = ops.select(kernels, device)
+        chosen = ops.select(kernels, next(self.parameters()).device)
         self.kernels, self.selected_kernels = kernels, chosen
         for dropout in (self.embeddings.dropout, *(layer.dropout for layer in self.layers)):
             dropout.kernel = chosen.dropout_add
