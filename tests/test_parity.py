@@ -12,7 +12,6 @@ from torch.testing import assert_close
 
 from bertzoo import BertConfig, BertEncoder, BertForPreTraining, ops
 from bertzoo.checkpoint import to_hf_state_dict
-from bertzoo.ops import attention, dropout, tied
 
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog.", "It was not amused."),
@@ -165,7 +164,7 @@ def test_mlm_loss_only_at_labelled_positions_matches_full_logits():
     assert_close(out.loss, out.mlm_loss + out.nsp_loss)
 
 
-def test_cpu_training_step_matches_transformers_loss_and_every_gradient(tmp_path, monkeypatch):
+def test_cpu_training_step_matches_transformers_loss_and_every_gradient(tmp_path, kernel_calls):
     """The CPU training path (one-pass dropout, the attention Function, the tied word gradient)
     against transformers.BertForPreTraining in training mode, dropout 0: the loss and the
     gradient of every parameter. Each kernel's backward is counted, so the test shows they ran."""
@@ -179,13 +178,6 @@ def test_cpu_training_step_matches_transformers_loss_and_every_gradient(tmp_path
     ours = BertForPreTraining.from_pretrained(tmp_path).train()
     reference.train()
     assert ours.encoder.selected_kernels is ops.CPU
-    calls = {}
-    for function in (dropout._MaskedScale, attention._DropoutAttention, tied._TiedLookup,
-                     tied._TiedProjection):
-        def counting(ctx, *grads, _backward=function.backward, _name=function.__name__):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _backward(ctx, *grads)
-        monkeypatch.setattr(function, "backward", staticmethod(counting))
 
     input_ids, attention_mask, token_type_ids = _inputs()
     input_ids[0, 4] = 0  # a [PAD] id inside the attention mask: its row gets no lookup gradient
@@ -202,8 +194,8 @@ def test_cpu_training_step_matches_transformers_loss_and_every_gradient(tmp_path
                      next_sentence_label=nsp_labels)
     want.loss.backward()
     layers = hf_config.num_hidden_layers
-    assert calls == {"_MaskedScale": 2 * layers, "_DropoutAttention": layers,
-                     "_TiedLookup": 1, "_TiedProjection": 1}, calls
+    assert kernel_calls == {"_MaskedScale": 2 * layers, "_DropoutAttention": layers,
+                            "_TiedLookup": 1, "_TiedProjection": 1}, kernel_calls
 
     assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
     our_grads = to_hf_state_dict({
