@@ -5,7 +5,8 @@ from torch.testing import assert_close
 
 from bertzoo import BertConfig, BertForPreTraining
 from bertzoo.model import Dropout
-from bertzoo.ops import dropout_add
+from bertzoo.ops import dropout_add, keep_mask
+from bertzoo.ops.attention import _DropoutAttention
 
 
 def test_dropout_statistics_scale_and_gradient():
@@ -118,8 +119,6 @@ def test_compile_in_training_mode_keeps_dropout_outputs_and_gradients():
 def test_cpu_training_attention_equals_its_autograd_composition_forward_and_backward():
     """`_DropoutAttention` (hand-written backward, no mask saved) against the same math left to
     autograd, with one dropout mask, padded keys and float64."""
-    from bertzoo.ops import keep_mask
-    from bertzoo.ops.attention import _DropoutAttention
     torch.manual_seed(0)
     B, T, nh, hd, p = 3, 7, 2, 4, 0.25
     qkv = torch.randn(B, T, 3 * nh * hd, dtype=torch.float64, requires_grad=True)
