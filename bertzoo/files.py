@@ -1,6 +1,7 @@
 """What every layer shares about checkpoint files, with no dependency on the rest of bertzoo:
 the key bertzoo modules write into a Lightning checkpoint, the error for a file that cannot be
-used, the one way a pickled checkpoint is read, and the one way any file is written.
+used, where a path given for weights points (`resolve`), the one way a pickled checkpoint is
+read, and the one way any file is written.
 
 Reading: `.ckpt` and `.bin` files are pickles, read with `torch.load(weights_only=True)`, which
 refuses anything but tensors and plain containers, so loading a checkpoint cannot run code.
@@ -84,3 +85,24 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A local file/folder as is; otherwise a Hugging Face Hub id, downloaded (needs internet)."""
+    local = Path(path).expanduser()
+    if local.exists():
+        return local
+    text = str(path)
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) and not text.startswith(".")
+    if looks_like_hub_id and not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            from huggingface_hub import snapshot_download
+            return Path(snapshot_download(text, allow_patterns=[
+                "config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json",
+                "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]))
+        except Exception as err:
+            raise FileNotFoundError(
+                f"{text!r} is neither a local file or folder nor a Hugging Face Hub model that "
+                f"could be downloaded ({type(err).__name__}: {err})") from err
+    raise FileNotFoundError(f"no such file or folder: {text} (expected a Hugging Face BERT folder, "
+                            f"a bertzoo export folder or a Lightning .ckpt file)")
