@@ -66,6 +66,9 @@ from bertzoo.pretraining.instances import (DocumentPool, InstanceConfig, build_i
 from bertzoo.pretraining.masking import MaskingCollator
 from bertzoo.tokenizer import train_tokenizer
 from bertzoo.training.data import BertDataModule
+from bertzoo.training.options import (AtLeastTwoInt, NonNegativeFloat, NonNegativeInt,
+                                      OpenProbability, PositiveInt, Probability, Seed,
+                                      SequenceLength)
 
 log = logging.getLogger("bertzoo")
 
@@ -309,16 +312,17 @@ class PretrainingDataModule(BertDataModule):
                  dataset: str | None = None, dataset_config: str | None = None,
                  dataset_split: str = "train", dataset_validation_split: str | None = None,
                  text_column: str = "text", streaming: bool = False,
-                 validation_documents: float = 0.05, tokenizer: str | None = None,
-                 tokenizer_vocab_size: int = 30522, lowercase: bool = True,
-                 max_seq_length: int = 128, short_seq_prob: float = 0.1,
-                 next_sentence_prob: float = 0.5, dupe_factor: int = 1, pool_size: int = 10000,
-                 shuffle_buffer: int = 1000,
-                 mlm_probability: float = 0.15, mask_token_prob: float = 0.8,
-                 random_token_prob: float = 0.1, whole_word_mask: bool = False,
-                 max_predictions_per_seq: int | None = None, batch_size: int = 32,
-                 eval_batch_size: int | None = None, pad_to_multiple_of: int | None = None,
-                 num_workers: int = 0, num_proc: int | None = None, seed: int = 12345):
+                 validation_documents: NonNegativeFloat = 0.05, tokenizer: str | None = None,
+                 tokenizer_vocab_size: PositiveInt = 30522, lowercase: bool = True,
+                 max_seq_length: SequenceLength = 128, short_seq_prob: Probability = 0.1,
+                 next_sentence_prob: Probability = 0.5, dupe_factor: PositiveInt = 1,
+                 pool_size: AtLeastTwoInt = 10000, shuffle_buffer: NonNegativeInt = 1000,
+                 mlm_probability: OpenProbability = 0.15, mask_token_prob: Probability = 0.8,
+                 random_token_prob: Probability = 0.1, whole_word_mask: bool = False,
+                 max_predictions_per_seq: PositiveInt | None = None, batch_size: PositiveInt = 32,
+                 eval_batch_size: PositiveInt | None = None,
+                 pad_to_multiple_of: PositiveInt | None = None, num_workers: NonNegativeInt = 0,
+                 num_proc: PositiveInt | None = None, seed: Seed = 12345):
         super().__init__()
         if train_files is not None and dataset is not None:
             raise ConfigError("give either data.train_files or data.dataset, not both")

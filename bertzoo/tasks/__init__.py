@@ -9,6 +9,9 @@ A task plugin imports from here alone (and from `bertzoo.testing` in its tests):
     pad_to                                     (B, T) tensor from rows of different lengths
     SpecialIds, special_ids                    [PAD]/[UNK]/[CLS]/[SEP]/[MASK] ids of a tokenizer
                                                (also `TaskDataModule.special_ids`)
+    PositiveInt, Probability, ...              option types that carry their range: the
+                                               parser refuses a value outside it, and
+                                               `--help` shows it
 """
 
 from bertzoo.data import pad_to
@@ -16,7 +19,13 @@ from bertzoo.tasks.base import DataError, PredictionWriter, TaskDataModule, Task
 from bertzoo.tasks.registry import (ENTRY_POINT_GROUP, RegisteredTask, TaskError, TaskSpec,
                                     get_task, list_tasks, register)
 from bertzoo.tokenizer import SpecialIds, special_ids
+from bertzoo.training.options import (AtLeastTwoInt, DropoutRate, FiniteFloat, Fraction,
+                                      NonNegativeFloat, NonNegativeInt, OpenProbability,
+                                      PositiveFloat, PositiveInt, Probability, Seed,
+                                      SequenceLength, check_range)
 
 __all__ = ["ENTRY_POINT_GROUP", "RegisteredTask", "TaskError", "TaskSpec", "get_task",
            "list_tasks", "register", "TaskModule", "TaskDataModule", "DataError",
-           "PredictionWriter", "pad_to", "SpecialIds", "special_ids"]
+           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "AtLeastTwoInt", "DropoutRate",
+           "FiniteFloat", "Fraction", "NonNegativeFloat", "NonNegativeInt", "OpenProbability",
+           "PositiveFloat", "PositiveInt", "Probability", "Seed", "SequenceLength", "check_range"]

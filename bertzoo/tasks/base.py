@@ -49,6 +49,8 @@ from bertzoo.data import pad_to
 from bertzoo.files import atomic_write
 from bertzoo.model import init_weights
 from bertzoo.training import BertModule, build_encoder
+from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, NonNegativeInt,
+                                      PositiveFloat, PositiveInt, Seed, SequenceLength)
 from bertzoo.training.data import BertDataModule
 
 class DataError(ValueError):
@@ -92,10 +94,11 @@ class TaskModule(BertModule):
     train_metrics: ClassVar[bool] = True
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
-                 vocab_size: int | None = None, head_dropout: float = 0.1,
-                 learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup: float = 0.1,
-                 adam_epsilon: float = 1e-8, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False):
+                 vocab_size: PositiveInt | None = None, head_dropout: DropoutRate = 0.1,
+                 learning_rate: PositiveFloat = 5e-5, weight_decay: NonNegativeFloat = 0.01,
+                 warmup: NonNegativeFloat = 0.1, adam_epsilon: PositiveFloat = 1e-8,
+                 adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
+                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas,
                          layerwise_lr_decay=layerwise_lr_decay, compile=compile)
@@ -247,10 +250,11 @@ class TaskDataModule(BertDataModule):
     def __init__(self, train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None,
                  dataset: str | None = None, dataset_config: str | None = None,
-                 tokenizer: str | None = None, max_length: int = 128, batch_size: int = 32,
-                 eval_batch_size: int | None = None, group_by_length: bool = True,
-                 pad_to_multiple_of: int | None = None, max_train_samples: int | None = None,
-                 num_workers: int = 0, num_proc: int | None = None, seed: int = 42):
+                 tokenizer: str | None = None, max_length: SequenceLength = 128,
+                 batch_size: PositiveInt = 32, eval_batch_size: PositiveInt | None = None,
+                 group_by_length: bool = True, pad_to_multiple_of: PositiveInt | None = None,
+                 max_train_samples: PositiveInt | None = None, num_workers: NonNegativeInt = 0,
+                 num_proc: PositiveInt | None = None, seed: Seed = 42):
         super().__init__(tokenizer=tokenizer, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.files = {"train": train_file, "validation": validation_file, "test": test_file,

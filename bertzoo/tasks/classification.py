@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from bertzoo.synthetic import NOUNS
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
+from bertzoo.training.options import PositiveInt, Probability
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
 # Hugging Face's `config.problem_type` names for the same three cases.
@@ -195,10 +196,11 @@ class ClassificationModule(TaskModule):
         **kwargs: The arguments of `TaskModule` (backbone, optimizer, schedule, ...).
     """
 
-    def __init__(self, num_labels: int | None = None, label_names: list[str] | None = None,
+    def __init__(self, num_labels: PositiveInt | None = None,
+                 label_names: list[str] | None = None,
                  problem_type: ProblemType = "single_label",
                  pooling: Literal["cls", "mean"] = "cls",
-                 multi_label_threshold: float = 0.5, **kwargs):
+                 multi_label_threshold: Probability = 0.5, **kwargs):
         super().__init__(**kwargs)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")

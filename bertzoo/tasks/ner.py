@@ -43,6 +43,7 @@ from bertzoo.tasks.conll import (canonical_scheme, inside_label, read_conll, sch
 from bertzoo.tasks.entity_metrics import entity_metrics, get_entities
 from bertzoo.tasks.registry import TaskSpec
 from bertzoo.training import share_of_global_mean
+from bertzoo.training.options import NonNegativeInt
 
 IGNORE_INDEX = -100  # label of tokens that carry none (cross-entropy's ignore_index)
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -121,8 +122,8 @@ class NerDataModule(TaskDataModule):
                                                ".json")
 
     def __init__(self, labels: list[str] | None = None, scheme: str = "IOB2",
-                 tag_column: int | str | None = None, label_all_tokens: bool = False,
-                 stride: int = 32, **kwargs):
+                 tag_column: NonNegativeInt | str | None = None, label_all_tokens: bool = False,
+                 stride: NonNegativeInt = 32, **kwargs):
         super().__init__(**kwargs)
         self.labels = list(labels) if labels else None
         self.scheme = canonical_scheme(scheme)

@@ -35,6 +35,8 @@ from bertzoo import synthetic
 from bertzoo.tasks import squad
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
+from bertzoo.training.options import (DropoutRate, FiniteFloat, NonNegativeInt, PositiveInt,
+                                      SequenceLength)
 
 log = logging.getLogger("bertzoo")
 
@@ -71,13 +73,14 @@ class SquadDataModule(TaskDataModule):
     token_label_keys = ("offset_start", "offset_end")
     file_formats = (".json", ".jsonl")
 
-    def __init__(self, doc_stride: int = 128, max_question_length: int | None = 64,
+    def __init__(self, doc_stride: PositiveInt = 128,
+                 max_question_length: PositiveInt | None = 64,
                  version_2_with_negative: bool = False,
-                 train_articles: str | int | list[int] | None = None,
-                 validation_articles: str | int | list[int] | None = None,
-                 test_articles: str | int | list[int] | None = None,
-                 predict_articles: str | int | list[int] | None = None,
-                 max_length: int = 384, **kwargs):
+                 train_articles: str | NonNegativeInt | list[NonNegativeInt] | None = None,
+                 validation_articles: str | NonNegativeInt | list[NonNegativeInt] | None = None,
+                 test_articles: str | NonNegativeInt | list[NonNegativeInt] | None = None,
+                 predict_articles: str | NonNegativeInt | list[NonNegativeInt] | None = None,
+                 max_length: SequenceLength = 384, **kwargs):
         super().__init__(max_length=max_length, **kwargs)
         self.window_config = squad.WindowConfig(max_length, doc_stride, max_question_length)
         self.doc_stride = doc_stride
@@ -163,9 +166,10 @@ class QuestionAnsweringModule(TaskModule):
 
     train_metrics = False  # scoring needs whole questions, gathered at the end of an epoch
 
-    def __init__(self, n_best_size: int = 20, max_answer_length: int = 30,
-                 version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0,
-                 head_dropout: float = 0.0, **kwargs):
+    def __init__(self, n_best_size: PositiveInt = 20, max_answer_length: PositiveInt = 30,
+                 version_2_with_negative: bool = False,
+                 null_score_diff_threshold: FiniteFloat = 0.0, head_dropout: DropoutRate = 0.0,
+                 **kwargs):
         super().__init__(head_dropout=head_dropout, **kwargs)
         if n_best_size < 1 or max_answer_length < 1:
             raise ValueError(f"n_best_size and max_answer_length must be positive, got "

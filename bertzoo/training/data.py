@@ -22,6 +22,7 @@ import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from bertzoo.config import ConfigError
+from bertzoo.training.options import NonNegativeInt, PositiveInt, Seed
 from bertzoo.data import BatchSampler, distributed_rank_and_size
 from bertzoo import tokenizer as wordpiece
 from bertzoo.tokenizer import SpecialIds
@@ -42,8 +43,9 @@ class BertDataModule(L.LightningDataModule):
     #: CLI links each to the model argument of the same name, so that nobody types them twice.
     model_links: ClassVar[tuple[str, ...]] = ("vocab_size",)
 
-    def __init__(self, tokenizer: str | None = None, batch_size: int = 32,
-                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0):
+    def __init__(self, tokenizer: str | None = None, batch_size: PositiveInt = 32,
+                 eval_batch_size: PositiveInt | None = None, num_workers: NonNegativeInt = 0,
+                 seed: Seed = 0):
         super().__init__()
         self.tokenizer_path = tokenizer
         self.batch_size = batch_size

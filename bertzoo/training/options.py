@@ -1,0 +1,102 @@
+"""The value ranges of bertzoo's options, as types jsonargparse checks when it parses.
+
+An option annotated `PositiveInt` instead of `int` is refused by the parser, before anything is
+built or read, with its key, the value given and the range, and `--help` prints the range as
+the option's type: each type is named for its range, `(type: float in [0, 1], default: 0.1)`.
+The parser hands the module a plain `int` or `float` (what checkpoints store and read back with
+`weights_only=True`).
+
+In Python these names are callables that check: `PositiveInt(0)` raises `ConfigError`; a
+module built by hand is not refused by its annotations, so the constructors whose options must
+hold in Python too call `check_range`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from jsonargparse.typing import register_type
+
+from bertzoo.config import ConfigError
+
+# Integers torch and numpy hold: a larger seed or size fails deep inside them.
+INT_MAX = 2**63 - 1
+
+
+class _Range:
+    """One numeric range; `name` is what --help and the error messages show."""
+
+    def __init__(self, name: str, base: type, low: float, high: float, low_open: bool,
+                 high_open: bool):
+        self.name, self.base = name, base
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def parse(self, value):
+        """`value` (a number, or its text from the command line) as a plain int/float within
+        the range, or ValueError saying why not."""
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not {self.name}")
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text) if self.base is int else float(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not {self.name}") from None
+        if not isinstance(value, numbers.Real):
+            raise ValueError(f"{value!r} is not {self.name}")
+        if self.base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{value!r} is not {self.name}")
+            number = int(value) if math.isfinite(value) else value
+        else:
+            number = float(value)
+        above = number > self.low if self.low_open else number >= self.low
+        below = number < self.high if self.high_open else number <= self.high
+        if not (above and below):  # nan fails both
+            raise ValueError(f"{value!r} is not {self.name}")
+        return number
+
+
+def _range(name: str, base: type, low: float, high: float, low_open: bool = False,
+           high_open: bool = False) -> type:
+    """A subclass of `base` named `name`, registered with jsonargparse so that parsing checks
+    the range and yields a plain `base` value; calling it checks too."""
+    checker = _Range(name, base, low, high, low_open, high_open)
+
+    def new(cls, value=0):
+        try:
+            return checker.parse(value)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    kind = type(name, (base,), {"__new__": new, "__module__": __name__, "range": checker,
+                                "__doc__": f"A {base.__name__} in the range {name}."})
+    register_type(kind, serializer=base, deserializer=checker.parse)
+    return kind
+
+
+PositiveInt = _range("int >= 1", int, 1, INT_MAX)
+NonNegativeInt = _range("int >= 0", int, 0, INT_MAX)
+AtLeastTwoInt = _range("int >= 2", int, 2, INT_MAX)
+Seed = _range("int in [0, 2**32 - 1]", int, 0, 2**32 - 1)
+PositiveFloat = _range("float > 0", float, 0, math.inf, low_open=True, high_open=True)
+NonNegativeFloat = _range("float >= 0", float, 0, math.inf, high_open=True)
+FiniteFloat = _range("float (finite)", float, -math.inf, math.inf, True, True)
+Probability = _range("float in [0, 1]", float, 0, 1)
+OpenProbability = _range("float in (0, 1)", float, 0, 1, low_open=True, high_open=True)
+DropoutRate = _range("float in [0, 1)", float, 0, 1, high_open=True)
+Fraction = _range("float in (0, 1]", float, 0, 1, low_open=True)
+# The shortest input worth a model's time: [CLS] A [SEP] B [SEP] with one token on each side.
+SequenceLength = _range("int >= 5", int, 5, INT_MAX)
+
+
+def check_range(key: str, value, kind: type) -> None:
+    """Refuse `value` for option `key` unless it is in `kind`'s range: the check the parser
+    makes, for a value given in Python (None passes: "not set")."""
+    if value is None:
+        return
+    try:
+        kind.range.parse(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}") from None
