@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,19 @@ class BertConfig:
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(f"BertConfig.hidden_act must be one of {SUPPORTED_ACTIVATIONS}, "
                               f"got {self.hidden_act!r}{where}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                     "initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not math.isfinite(value):
+                raise ConfigError(f"BertConfig.{name} must be a number, got {value!r}{where}")
+        for name in ("initializer_range", "layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"BertConfig.{name} must be positive, got "
+                                  f"{getattr(self, name)!r}{where}")
+        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
+            raise ConfigError(f"BertConfig.pad_token_id must be an integer, got "
+                              f"{self.pad_token_id!r}{where}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -159,6 +173,9 @@ class BertConfig:
                     data = json.load(f)
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{path} is not valid JSON: {err}") from err
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path} is not UTF-8 JSON text (byte {err.start}: "
+                                  f"{err.reason}); is it a config.json?") from err
             if not isinstance(data, dict):
                 raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
         where = f" in {source}" if source else ""

@@ -27,6 +27,39 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as BERT weights; the message names the file and key."""
 
 
+class InputFileError(ValueError):
+    """A user's file that is not what bertzoo expects (binary, another encoding, another
+    layout); the message names the file, the line where that helps, and what was expected."""
+
+
+# How much of a text file is checked before a library parses it: enough to catch a binary file
+# or another encoding at once; a bad byte further on is reported by the file's reader.
+TEXT_CHECK_BYTES = 1 << 20
+
+
+def check_text_file(path: str | os.PathLike, expected: str = "UTF-8 text") -> None:
+    """Refuse a file that is not UTF-8 text before `datasets`, `tokenizers` or a reader of
+    bertzoo's parses it (their errors name neither the file nor the line): a binary file (a
+    NUL byte), UTF-16, or another 8-bit encoding, with the line of the first bad byte."""
+    import codecs
+    with open(path, "rb") as file:
+        head = file.read(TEXT_CHECK_BYTES)
+        whole = not file.read(1)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputFileError(f"{path} is UTF-16 text; expected {expected} (save it as UTF-8)")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        line = head.count(b"\n", 0, nul) + 1
+        raise InputFileError(f"{path}, line {line}: a NUL byte; this looks like a binary file, "
+                             f"not {expected}")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
+    except UnicodeDecodeError as err:
+        line = head.count(b"\n", 0, err.start) + 1
+        raise InputFileError(f"{path}, line {line}: byte 0x{head[err.start]:02x} is not UTF-8; "
+                             f"expected {expected} (save the file as UTF-8)") from None
+
+
 def describe_load_error(err: BaseException) -> str:
     """torch.load's error in one line: its first sentence, and for a pickle that
     `weights_only=True` refuses, the object it would have built ("test.Payload")."""

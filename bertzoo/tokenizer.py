@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertzoo.files import CKPT_KEY, atomic_write, read_lightning_checkpoint, resolve
+from bertzoo.files import (CKPT_KEY, InputFileError, atomic_write, check_text_file,
+                           read_lightning_checkpoint, resolve)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
@@ -74,6 +75,7 @@ def from_vocab(vocab_file: str | os.PathLike, lowercase: bool = True,
                strip_accents: bool | None = None, chinese_chars: bool = True) -> Tokenizer:
     """BERT's tokenizer from a `vocab.txt` (one token per line; the line number is the id)."""
     path = Path(vocab_file)
+    _check_text(path, "a vocab.txt (one WordPiece token per line, UTF-8)")
     with open(path, encoding="utf-8") as f:
         vocab = {}
         for index, line in enumerate(f):
@@ -120,7 +122,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return tokenizer
 
 
+def _check_text(path: Path, expected: str) -> None:
+    try:
+        check_text_file(path, expected)
+    except InputFileError as err:
+        raise TokenizerError(str(err)) from None
+
+
 def _from_json(path: Path) -> Tokenizer:
+    _check_text(path, "a tokenizer.json (UTF-8 JSON)")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # the Rust side raises a bare Exception
@@ -130,7 +140,17 @@ def _from_json(path: Path) -> Tokenizer:
 def _casing(folder: Path) -> dict:
     """Casing options from a Hugging Face `tokenizer_config.json`, BERT's defaults without one."""
     config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = {}
+    if config_file.is_file():
+        _check_text(config_file, "a tokenizer_config.json (UTF-8 JSON)")
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise TokenizerError(f"{config_file}, line {err.lineno}: not valid JSON "
+                                 f"({err.msg})") from err
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{config_file}: expected a JSON object of tokenizer settings, "
+                                 f"found {type(config).__name__}")
     return dict(lowercase=config.get("do_lower_case", True),
                 strip_accents=config.get("strip_accents"),
                 chinese_chars=config.get("tokenize_chinese_chars", True))

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bertzoo.files import InputFileError, check_text_file
+
 FORMATS = ("bert", "text", "wikitext")
 # Bump when a reader's output changes, so Arrow caches written by an older reader are not reused.
 READER_VERSION = 1
@@ -204,6 +206,11 @@ def documents_from_files(files: str | Sequence[str], format: str = "bert",
     if format not in READERS:
         raise CorpusError(f"data.format must be one of {', '.join(FORMATS)}, got {format!r}")
     files = expand_files(files, field)
+    for path in files:
+        try:
+            check_text_file(path)
+        except InputFileError as err:
+            raise CorpusError(str(err)) from None
     if streaming:
         return datasets.IterableDataset.from_generator(
             _read_files, features=_features(), gen_kwargs={"files": files, "format": format})
@@ -215,8 +222,15 @@ def documents_from_files(files: str | Sequence[str], format: str = "bert",
 
 def _nonempty(build, source: str):
     """`datasets` refuses to write a dataset of no rows; say which corpus was empty."""
+    import datasets
     try:
         return build()
+    except datasets.exceptions.DatasetGenerationError as err:
+        # A reader's CorpusError (a bad byte past the start of a file), raised inside datasets'
+        # builder: it names the file; the wrapper says only that generating failed.
+        if isinstance(err.__cause__, CorpusError):
+            raise CorpusError(str(err.__cause__)) from err
+        raise
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise CorpusError(f"{source} has no documents (empty, or no line with text)") from None

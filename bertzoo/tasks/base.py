@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from bertzoo.data import pad_to
-from bertzoo.files import atomic_write
+from bertzoo.files import atomic_write, check_text_file
 from bertzoo.model import init_weights
 from bertzoo.training import BertModule, build_encoder
 from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, NonNegativeInt,
@@ -55,6 +55,11 @@ from bertzoo.training.data import BertDataModule
 
 class DataError(ValueError):
     """Task data that cannot be used; the message names the file (and line or column)."""
+
+
+# Suffixes of files that are not text (`datasets` reads them, compressed or columnar): every
+# other data file is checked to be UTF-8 text before a parser sees it.
+BINARY_SUFFIXES = (".parquet", ".arrow", ".feather", ".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 def _has_more_lines_than(path: str | os.PathLike, count: int) -> bool:
@@ -304,6 +309,8 @@ class TaskDataModule(BertDataModule):
                 raise DataError(f"data.{split}_file: no such file: {path}")
             if Path(path).stat().st_size == 0:
                 raise DataError(f"{path} is empty (data.{split}_file)")
+            if Path(path).suffix.lower() not in BINARY_SUFFIXES:
+                check_text_file(path)
             dataset = self.read_file(path)
         elif self.dataset_name is not None:
             import datasets

@@ -109,7 +109,7 @@ def read_conll(path: str | os.PathLike, scheme: str = "IOB2",
             sentence_tags.clear()
 
     with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
+        for line_number, line in _numbered_lines(file, path):
             text = line.rstrip()
             if not text.strip():
                 end_sentence()
@@ -162,3 +162,19 @@ def write_conll(path: str | os.PathLike, sentences: Iterable[tuple[list[str], li
             for word, tag in zip(words, word_tags, strict=True):
                 file.write(f"{word}\t{tag}\n")
             file.write("\n")
+
+
+def _numbered_lines(file, path):
+    """(line number, line) of a text file; a byte that is not UTF-8 is a DataError naming the
+    line (the start of the file is checked before it is read: this is for the rest)."""
+    line_number = 0
+    while True:
+        try:
+            line = next(file)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{line_number + 1}: not UTF-8 text ({err.reason}); save the "
+                            f"file as UTF-8") from err
+        line_number += 1
+        yield line_number, line
