@@ -73,7 +73,7 @@ class SquadDataModule(TaskDataModule):
     token_label_keys = ("offset_start", "offset_end")
     file_formats = (".json", ".jsonl")
 
-    def __init__(self, doc_stride: PositiveInt = 128,
+    def __init__(self, doc_stride: NonNegativeInt = 128,
                  max_question_length: PositiveInt | None = 64,
                  version_2_with_negative: bool = False,
                  train_articles: str | NonNegativeInt | list[NonNegativeInt] | None = None,

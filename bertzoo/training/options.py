@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 from jsonargparse.typing import register_type
 
@@ -36,25 +37,25 @@ class _Range:
         """`value` (a number, or its text from the command line) as a plain int/float within
         the range, or ValueError saying why not."""
         if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not {self.name}")
+            raise ValueError(f"expected {self.name}, got {value!r}")
         if isinstance(value, str):
             text = value.strip()
             try:
                 value = int(text) if self.base is int else float(text)
             except ValueError:
-                raise ValueError(f"{value!r} is not {self.name}") from None
+                raise ValueError(f"expected {self.name}, got {value!r}") from None
         if not isinstance(value, numbers.Real):
-            raise ValueError(f"{value!r} is not {self.name}")
+            raise ValueError(f"expected {self.name}, got {value!r}")
         if self.base is int:
             if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"{value!r} is not {self.name}")
+                raise ValueError(f"expected {self.name}, got {value!r}")
             number = int(value) if math.isfinite(value) else value
         else:
             number = float(value)
         above = number > self.low if self.low_open else number >= self.low
         below = number < self.high if self.high_open else number <= self.high
         if not (above and below):  # nan fails both
-            raise ValueError(f"{value!r} is not {self.name}")
+            raise ValueError(f"expected {self.name}, got {value!r}")
         return number
 
 
@@ -100,3 +101,31 @@ def check_range(key: str, value, kind: type) -> None:
         kind.range.parse(value)
     except ValueError:
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}") from None
+
+
+def one_line_parser_error(message: str) -> str:
+    """jsonargparse's error message (several indented lines for a value of the wrong type, more
+    for a union such as `int >= 1 | null`) as one line: `key: expected TYPE, got VALUE`."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    key = re.match(r'Parser key "([^"]+)":$', lines[0]) if lines else None
+    if not key:
+        return " ".join(lines)
+    expected, given = [], None
+    for line in lines[1:]:
+        found = re.match(r"(?:- )?Not of type ([^:]+): (expected .+, got (.+))$", line)
+        plain = re.match(r"(?:- )?Expected a <class '([\w.]+)'>(?:\. Got value: (.*))?$", line)
+        if found:
+            expected.append(found.group(1))
+            given = given if given is not None else found.group(3)
+        elif plain:
+            expected.append("null" if plain.group(1) == "NoneType" else plain.group(1))
+            given = plain.group(2) if plain.group(2) is not None else given
+        elif line.startswith("Given value:"):
+            given = line.split(":", 1)[1].strip()
+        elif line.startswith("- ") and not line.startswith("- Expected"):
+            expected.append(line[2:])
+    if not expected:
+        return f"{key.group(1)}: " + " ".join(lines[1:])
+    unique = list(dict.fromkeys(expected))
+    return f"{key.group(1)}: expected {' or '.join(unique)}" + (
+        f", got {given}" if given is not None else "")

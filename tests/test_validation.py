@@ -1,0 +1,151 @@
+"""Options refused at parse time by their type (the range shown in --help), rules between
+options checked before data is read, and damaged or foreign files named before a library
+parses them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertzoo.cli import main
+from bertzoo.files import InputFileError, check_text_file
+from bertzoo.tasks import list_tasks
+from bertzoo.training.options import (PositiveInt, Probability, Seed, check_range,
+                                      one_line_parser_error)
+from bertzoo.config import ConfigError
+
+COMMANDS = [["pretrain"], *[["fit", "--task", t.name] for t in list_tasks() if t.spec]]
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        status = main(args)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def help_options(args: list[str], capsys, monkeypatch) -> dict[str, str]:
+    """{"data.batch_size": "int >= 1", ...}: each model/data option's type as --help prints it."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    status, out, _ = run([*args, "--help"], capsys)
+    assert status == 0
+    types = {}
+    for block in re.split(r"\n(?=  --)", out):
+        text = " ".join(block.split())
+        found = re.match(r"--((?:model|data)\.\w+)\b.*?\(type: (.*?)(?:, default: .*)?\)$", text)
+        if found:
+            types[found.group(1)] = found.group(2)
+    return types
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[-1])
+def test_every_numeric_option_shows_its_range_in_help(args, capsys, monkeypatch):
+    """No model or data option of a number type is a bare `int` or `float`: each names its
+    range (`int >= 1`, `float in [0, 1]`, ...), which the parser enforces."""
+    types = help_options(args, capsys, monkeypatch)
+    assert "data.batch_size" in types and types["data.batch_size"] == "int >= 1"
+    bare = {key: kind for key, kind in types.items()
+            if re.search(r"\b(int|float)\b(?! (>|in |\(finite))", kind)}
+    assert not bare, f"{args[-1]}: options without a range: {bare}"
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("data.batch_size", "0", "data.batch_size: expected int >= 1, got 0"),
+    ("data.batch_size", "lots", "data.batch_size: expected int >= 1, got 'lots'"),
+    ("data.eval_batch_size", "-4", "data.eval_batch_size: expected int >= 1 or null, got -4"),
+    ("data.seed", "-1", "data.seed: expected int in [0, 2**32 - 1], got -1"),
+    ("model.learning_rate", "nan", "model.learning_rate: expected float > 0, got 'nan'"),
+    ("model.head_dropout", "1.0", "model.head_dropout: expected float in [0, 1), got 1.0"),
+    ("data.num_workers", "-1", "data.num_workers: expected int >= 0, got -1"),
+])
+def test_out_of_range_values_are_refused_when_parsed(option, value, expected, tmp_path,
+                                                     monkeypatch, capsys):
+    """One line with the key, the range and the value, exit status 2, no run folder."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification", f"--{option}={value}"], capsys)
+    assert status == 2
+    assert err.strip().splitlines() == [f"bertzoo fit: error: {expected}"]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/version_*"))
+
+
+def test_out_of_range_value_in_a_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "classification",
+                                      "data": {"max_train_samples": 0}}))
+    status, _, err = run(["fit", "--config", str(recipe)], capsys)
+    assert status == 2
+    assert err.strip() == ("bertzoo fit: error: data.max_train_samples: expected int >= 1 or "
+                           "null, got 0")
+
+
+def test_pretraining_probabilities_are_ranges(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["pretrain", "--data.mlm_probability=1"], capsys)
+    assert status == 2
+    assert err.strip() == ("bertzoo pretrain: error: data.mlm_probability: expected float in "
+                           "(0, 1), got 1.0")
+
+
+def test_range_types_give_plain_numbers_and_check_in_python():
+    """The parser's value is a plain int/float (a checkpoint's hyper-parameters must load with
+    weights_only=True); calling the type checks like the parser."""
+    from jsonargparse import ArgumentParser
+
+    def build(size: PositiveInt = 3, p: Probability | None = None, seed: Seed = 0):
+        """Args:
+            size: a size.
+            p: a probability.
+            seed: a seed.
+        """
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(build, "f")
+    parsed = parser.parse_args(["--f.size=5", "--f.p=0.25", "--f.seed=7"])
+    assert [type(parsed.f.size), type(parsed.f.p), type(parsed.f.seed)] == [int, float, int]
+    assert PositiveInt(4) == 4 and type(PositiveInt(4)) is int
+    with pytest.raises(ConfigError, match=r"expected int >= 1, got 0"):
+        PositiveInt(0)
+    with pytest.raises(ConfigError, match=r"data.x must be float in \[0, 1\], got 2"):
+        check_range("data.x", 2, Probability)
+
+
+def test_parser_errors_become_one_line():
+    assert one_line_parser_error('Parser key "data.batch_size":\n  Expected a <class \'int\'>. '
+                                 'Got value: lots') == "data.batch_size: expected int, got lots"
+    union = ('Parser key "m.p":\n  Does not validate against any of the Union subtypes\n'
+             "  Subtypes: [<class 'x'>, <class 'NoneType'>]\n  Errors:\n"
+             "    - Not of type float in [0, 1]: expected float in [0, 1], got 2.0\n"
+             "    - Expected a <class 'NoneType'>\n  Given value type: <class 'str'>\n"
+             "  Given value: 2")
+    assert one_line_parser_error(union) == "m.p: expected float in [0, 1] or null, got 2"
+
+
+# ------------------------------------------------------------------------------ text files
+@pytest.mark.parametrize("content, expected", [
+    (b"a\tb\n\x00\x01\x02", r"x.tsv, line 2: a NUL byte; this looks like a binary file, not "
+                            r"UTF-8 text"),
+    ("label\ttext\n".encode("utf-16"), r"x.tsv is UTF-16 text; expected UTF-8 text \(save it "
+                                       r"as UTF-8\)"),
+    ("a\tb\n1\tcaf\u00e9\n".encode("latin-1"), r"x.tsv, line 2: byte 0xe9 is not UTF-8; expected "
+                                               r"UTF-8 text \(save the file as UTF-8\)"),
+], ids=["binary", "utf-16", "latin-1"])
+def test_check_text_file_names_the_file_and_line(content, expected, tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_bytes(content)
+    with pytest.raises(InputFileError, match=expected):
+        check_text_file(path)
+
+
+def test_check_text_file_accepts_utf8_cut_at_the_checked_length(tmp_path, monkeypatch):
+    """A multi-byte character split by the end of the checked part is not an error."""
+    import bertzoo.files
+    monkeypatch.setattr(bertzoo.files, "TEXT_CHECK_BYTES", 5)
+    path = tmp_path / "x.txt"
+    path.write_text("abcd\u00e9fgh\n", encoding="utf-8")
+    check_text_file(path)
