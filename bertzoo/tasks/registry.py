@@ -103,6 +103,9 @@ class RegisteredTask:
     spec: TaskSpec | None = None
     error: str | None = None
     _entry_point: Any = field(default=None, repr=False, compare=False)
+    # The plugin's own exception, kept as the cause of the TaskError raised when the task is
+    # used (BERTZOO_TRACEBACK=1 shows where inside the plugin it failed).
+    _exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def loaded(self) -> bool:
@@ -186,8 +189,11 @@ class TaskRegistry:
                                 f"bertzoo.tasks.TaskSpec")
             spec.validate(task.name)
             task.spec = spec
-        except Exception as err:  # any failure inside a plugin is that plugin's, not ours
+        except Exception as err:  # any failure inside a plugin is that plugin's, not ours:
+            # recorded (`bertzoo tasks` lists it as broken), raised as a TaskError from `err`
+            # when the task is used
             task.error = f"{type(err).__name__}: {err}"
+            task._exception = err
         return task
 
     def list(self) -> list[RegisteredTask]:
@@ -214,7 +220,8 @@ class TaskRegistry:
             raise TaskError(tasks[name].error)
         task = self._load(tasks[name])
         if task.error:
-            raise TaskError(f"task {name!r} from {task.distribution} cannot be used: {task.error}")
+            raise TaskError(f"task {name!r} from {task.distribution} cannot be used: "
+                            f"{task.error}") from task._exception
         return task.spec
 
     def reset(self) -> None:

@@ -1,0 +1,107 @@
+"""What a good run shows: the run folder at the start, no dependency noise, and at the end of
+`fit` a summary whose metric values come from metrics.csv, whose checkpoints exist and whose
+next commands run as printed."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import warnings
+from pathlib import Path
+
+import pytest
+
+from bertzoo.cli import main
+from bertzoo.training.report import metric_history, quiet_dependency_noise, read_metrics_csv
+
+NOISE = ("set_vital", "LeafSpec", "Tip: For seamless", "Total FLOPs", "v_num")
+
+
+@pytest.fixture(scope="module")
+def finished_fit(tiny_backbone_dir, tmp_path_factory):
+    """A classification fit of 6 steps validated every 2 (three validations), its output."""
+    import os
+
+    from bertzoo.tasks.classification import example_data
+    folder = tmp_path_factory.mktemp("report")
+    files = example_data(folder)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        import contextlib
+        import io
+        out, err = io.StringIO(), io.StringIO()
+        args = ["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                f"--data.train_file={files['train_file']}",
+                f"--data.validation_file={files['validation_file']}", "--data.batch_size=4",
+                "--trainer.max_steps=6", "--trainer.val_check_interval=2",
+                "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(args)
+    finally:
+        os.chdir(cwd)
+    return {"folder": folder, "status": status, "out": out.getvalue(), "err": err.getvalue(),
+            "files": files, "run": folder / "runs/classification/version_0"}
+
+
+def summary_value(out: str, pattern: str) -> str:
+    found = re.search(pattern, out, flags=re.MULTILINE)
+    assert found, f"no {pattern!r} in:\n{out}"
+    return found.group(1)
+
+
+def test_the_run_folder_is_named_when_the_run_starts(finished_fit):
+    assert finished_fit["status"] == 0, finished_fit["err"]
+    first = finished_fit["out"].splitlines()[0]
+    assert first == "bertzoo fit: run folder runs/classification/version_0"
+
+
+def test_summary_names_the_best_metric_from_metrics_csv_and_existing_checkpoints(finished_fit):
+    out, run = finished_fit["out"], finished_fit["run"]
+    rows = read_metrics_csv(run / "metrics.csv")
+    history = metric_history(rows, "val/accuracy")
+    assert len(history) == 3, history  # three validations
+    best_step, best = max(history, key=lambda item: item[1])
+    assert summary_value(out, r"^  val/accuracy +best ([\d.]+) \(step \d+\)") == f"{best:.4f}"
+    assert summary_value(out, r"^  val/accuracy +best [\d.]+ \(step (\d+)\)") == str(best_step)
+    assert summary_value(out, r"final ([\d.]+) \(step \d+\)  \[monitored, max\]") == \
+        f"{history[-1][1]:.4f}"
+    best_ckpt = Path(summary_value(out, r"^  best checkpoint  (\S+)$"))
+    last_ckpt = Path(summary_value(out, r"^  last checkpoint  (\S+)$"))
+    for path in (best_ckpt, last_ckpt):
+        assert (finished_fit["folder"] / path).is_file(), path
+    assert last_ckpt.name == "last.ckpt" and best_ckpt.parent == last_ckpt.parent
+    assert re.search(r"^bertzoo fit: finished in \d+s: 6 steps", out, flags=re.MULTILINE)
+
+
+def test_next_commands_run_as_printed(finished_fit, monkeypatch, capsys):
+    """The printed `bertzoo test` command, pasted into a shell, evaluates the best checkpoint."""
+    out = finished_fit["out"]
+    commands = [line.strip() for line in out.split("\nnext:\n", 1)[1].splitlines()]
+    verbs = [shlex.split(c)[1] for c in commands]
+    assert verbs[:3] == ["test", "predict", "export"]
+    best = summary_value(out, r"^  best checkpoint  (\S+)$")
+    assert all(best in c for c in commands)
+    monkeypatch.chdir(finished_fit["folder"])
+    assert main(shlex.split(commands[0])[1:] + ["--trainer.enable_progress_bar=false"]) == 0
+    assert "test/accuracy" in capsys.readouterr().out  # validate/test keep their metric table
+
+
+def test_no_dependency_noise_but_bertzoos_own_warnings(finished_fit):
+    for noise in NOISE:
+        assert noise not in finished_fit["err"] + finished_fit["out"], noise
+
+
+def test_noise_filters_name_exact_messages():
+    """The filters hide the listed messages only: another warning of the same category, or a
+    message that merely mentions the same words, is still shown."""
+    quiet_dependency_noise()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        quiet_dependency_noise()
+        warnings.warn("'set_vital' is deprecated, please do not call", UserWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        warnings.warn("data.max_length is deprecated", UserWarning)
+        warnings.warn("'set_vital' is deprecated, please do not call", DeprecationWarning)
+    assert [str(w.message) for w in shown] == ["data.max_length is deprecated",
+                                               "'set_vital' is deprecated, please do not call"]
