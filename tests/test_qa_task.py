@@ -267,16 +267,16 @@ def test_cli_links_version_2_from_the_data_to_the_model(tmp_path, tiny_backbone_
     path = write_squad(tmp_path / "v2.json", version_2=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BERTZOO_RUN_VERSION", raising=False)
-    main(["fit", "--task", "qa", "--model.backbone", str(tiny_backbone_dir),
-          "--data.train_file", str(path), "--data.validation_file", str(path),
-          "--data.version_2_with_negative", "true", "--data.max_length", "48",
-          "--data.doc_stride", "16", "--data.batch_size", "8", "--trainer.max_epochs", "1",
-          "--trainer.limit_train_batches", "2",
-          "--trainer.enable_progress_bar", "false"])
+    assert main(["fit", "--task", "qa", "--model.backbone", str(tiny_backbone_dir),
+                 "--data.train_file", str(path), "--data.validation_file", str(path),
+                 "--data.version_2_with_negative", "true", "--data.max_length", "48",
+                 "--data.doc_stride", "16", "--data.batch_size", "8",
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                 "--trainer.enable_progress_bar", "false"]) == 0
     run = tmp_path / "runs" / "qa" / "version_0"
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/f1", "val/HasAns_f1", "val/NoAns_f1"} <= set(header)
-    best = next((run / "checkpoints").glob("best*.ckpt"))
+    (best,) = (run / "checkpoints").glob("best*.ckpt")
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["hyper_parameters"]["version_2_with_negative"] is True
     # restored (as `--ckpt_path` does) without v2.0 by mistake: said, not silently different
