@@ -8,13 +8,12 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import seqeval.metrics as seqeval_metrics
 import torch
+import transformers
 
 from bertzoo.tasks.conll import read_conll
 from bertzoo.tasks.ner import NerDataModule, NerModule, example_data
-
-import seqeval.metrics as seqeval_metrics
-import transformers
 
 
 def trainer():
