@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 import re
 from pathlib import Path
 
@@ -30,7 +31,6 @@ LABELS = ["calm", "angry", "glad"]
 
 
 def write_rows(path: Path, count: int, seed: int) -> Path:
-    import random
     rng = random.Random(seed)
     words = ["cat", "dog", "tree", "road", "sun", "city", "river", "book"]
     lines = ["sentence\tlabel"]
@@ -44,22 +44,18 @@ def write_rows(path: Path, count: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, tiny_backbone_dir) -> dict:
     """A 3-class classifier checkpoint (one training step through `bertzoo fit`) whose
-    classifier is then drawn wide, so that its predictions vary: every metric has a value
-    that a mistake would change."""
+    classifier is then redrawn so that its predictions vary: every metric has a value that a
+    mistake would change."""
     folder = tmp_path_factory.mktemp("classifier")
     train = write_rows(folder / "train.tsv", 12, seed=0)
     dev = write_rows(folder / "dev.tsv", 30, seed=1)
-    cwd = Path.cwd()
-    try:
-        import os
-        os.chdir(folder)
-        os.environ.pop("BERTZOO_RUN_VERSION", None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.delenv("BERTZOO_RUN_VERSION", raising=False)
         assert main(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
                      f"--data.train_file={train}", f"--data.validation_file={dev}",
                      "--data.batch_size=4", "--trainer.max_steps=1",
                      "--trainer.limit_val_batches=1", *QUIET]) == 0
-    finally:
-        os.chdir(cwd)
     last = folder / "runs/classification/version_0/checkpoints/last.ckpt"
     # One step leaves every row in one class: a classifier drawn at random over the pooled
     # outputs of the dev rows, centred and scaled, spreads them over the classes.
@@ -201,15 +197,16 @@ def test_export_encoder_only_is_a_bert_model(source, pretraining_checkpoint, cla
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     # Equal outputs: the trained encoder (not an initialised one) came through.
     encoder = BertEncoder.from_pretrained(ckpt).eval()
-    tiny = BertEncoder.from_pretrained(out).eval()
+    reread = BertEncoder.from_pretrained(out).eval()
     loaded.eval()
-    ids = torch.randint(5, config["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(5, config["vocab_size"], (2, 12),
+                        generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     with torch.no_grad():
         ours = encoder(ids, mask)
         theirs = loaded(input_ids=ids, attention_mask=mask)
-        again = tiny(ids, mask)
+        again = reread(ids, mask)
     real = mask.bool()
     torch.testing.assert_close(theirs.last_hidden_state[real], ours.last_hidden_state[real],
                                atol=1e-5, rtol=1e-4)
