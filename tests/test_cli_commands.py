@@ -115,9 +115,10 @@ def by_hand(ckpt: Path, backbone: Path, train: Path, dev: Path) -> dict[str, flo
 
 
 def printed_metrics(text: str, prefix: str) -> dict[str, float]:
-    """The metric table Lightning prints: `│ val/accuracy │ 0.5 │` rows."""
+    """The metric table Lightning prints: `│ val/accuracy │ 0.5 │` rows (or, without rich,
+    `val/accuracy   0.5`)."""
     return {name: float(value) for name, value in
-            re.findall(rf"[│|]\s*{prefix}/(\w+)\s*[│|]\s*([-+0-9.e]+)\s*[│|]", text)}
+            re.findall(rf"{prefix}/(\w+)[\s│|]+([-+0-9.e]+)", text)}
 
 
 @pytest.mark.parametrize("command, prefix, split", [("validate", "val", "validation"),
