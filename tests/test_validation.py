@@ -149,3 +149,144 @@ def test_check_text_file_accepts_utf8_cut_at_the_checked_length(tmp_path, monkey
     path = tmp_path / "x.txt"
     path.write_text("abcd\u00e9fgh\n", encoding="utf-8")
     check_text_file(path)
+
+
+# ------------------------------------------------------------------ through the command line
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         "--trainer.max_steps=1", "--trainer.num_sanity_val_steps=0"]
+
+
+def assert_no_run(folder: Path) -> None:
+    runs = folder / "runs"
+    assert not runs.exists() or not list(runs.glob("*/version_*")), "a run folder was left"
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory) -> dict[str, dict]:
+    from bertzoo.tasks.classification import example_data as classification
+    from bertzoo.tasks.ner import example_data as ner
+    folder = tmp_path_factory.mktemp("data")
+    data = {}
+    for name, example_data in (("classification", classification), ("ner", ner)):
+        (folder / name).mkdir()
+        data[name] = example_data(folder / name)
+    return data
+
+
+def test_task_length_longer_than_the_positions(task_data, tiny_backbone_dir, tmp_path,
+                                               monkeypatch, capsys):
+    """Checked when the model and the data module are built, before the data is read."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification",
+                          f"--model.backbone={tiny_backbone_dir}", "--data.max_length=512",
+                          "--data.train_file=never-read.tsv", *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        "bertzoo fit: error: data.max_length (512) exceeds the model's max_position_embeddings "
+        "(128); lower it or build the model with more positions")
+    assert_no_run(tmp_path)
+
+
+def test_pair_column_that_is_the_text_column(task_data, tiny_backbone_dir, tmp_path,
+                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification",
+                          f"--model.backbone={tiny_backbone_dir}",
+                          "--data.text_pair_column=sentence",
+                          f"--data.train_file={task_data['classification']['train_file']}",
+                          *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        "bertzoo fit: error: data.text_pair_column is data.text_column ('sentence'): a pair "
+        "needs two columns (or set text_pair_column to null for single texts)")
+    assert_no_run(tmp_path)
+
+
+def test_warmup_longer_than_the_run_is_a_warning(task_data, tiny_backbone_dir, tmp_path,
+                                                 monkeypatch, capsys):
+    """A recipe's smoke test (`--trainer.max_steps 1`) still runs; the warning says why the
+    rate stays low. It is bertzoo's own warning: the noise filters leave it shown."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"model.warmup \(300 steps\) is longer than the run "
+                                         r"\(trainer.max_steps=1\)"):
+        status, _, _ = run(["fit", "--task", "classification",
+                            f"--model.backbone={tiny_backbone_dir}", "--model.warmup=300",
+                            f"--data.train_file={task_data['classification']['train_file']}",
+                            *QUIET], capsys)
+    assert status == 0
+
+
+@pytest.mark.parametrize("task, kind", [("classification", "binary"),
+                                        ("classification", "utf-16"), ("ner", "latin-1")])
+def test_foreign_data_files_are_named(task, kind, task_data, tiny_backbone_dir, tmp_path,
+                                      monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    original = Path(task_data[task]["train_file"])
+    bad = tmp_path / f"bad{original.suffix}"
+    text = original.read_text(encoding="utf-8")
+    bad.write_bytes({"binary": text.encode()[:40] + b"\n\x00\x13\x88PK\x03\x04",
+                     "utf-16": text.encode("utf-16"),
+                     "latin-1": text.replace("e", "\u00e9").encode("latin-1")}[kind])
+    status, _, err = run(["fit", "--task", task, f"--model.backbone={tiny_backbone_dir}",
+                          f"--data.train_file={bad}", *QUIET], capsys)
+    assert status == 1
+    expected = {"binary": f"{bad}, line 2: a NUL byte; this looks like a binary file, not "
+                          f"UTF-8 text",
+                "utf-16": f"{bad} is UTF-16 text; expected UTF-8 text (save it as UTF-8)",
+                "latin-1": f"{bad}, line 1: byte 0xe9 is not UTF-8; expected UTF-8 text (save "
+                           f"the file as UTF-8)"}[kind]
+    assert err.strip().splitlines()[-1] == f"bertzoo fit: error: {expected}"
+    assert_no_run(tmp_path)
+
+
+def test_damaged_tokenizer_and_config_files_are_named(task_data, tiny_backbone_dir, tmp_path,
+                                                      monkeypatch, capsys):
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    train = f"--data.train_file={task_data['classification']['train_file']}"
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone_dir, backbone)
+    (backbone / "tokenizer.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    status, _, err = run(["fit", "--task", "classification", f"--model.backbone={backbone}",
+                          train, *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        f"bertzoo fit: error: {backbone}/tokenizer.json, line 2: a NUL byte; this looks like a "
+        f"binary file, not a tokenizer.json (UTF-8 JSON)")
+    shutil.copy(tiny_backbone_dir / "tokenizer.json", backbone / "tokenizer.json")
+    (backbone / "config.json").write_bytes(
+        (tiny_backbone_dir / "config.json").read_text().encode("utf-16"))
+    status, _, err = run(["fit", "--task", "classification", f"--model.backbone={backbone}",
+                          train, *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        f"bertzoo fit: error: {backbone}/config.json is not UTF-8 JSON text (byte 0: invalid "
+        f"start byte); is it a config.json?")
+    assert_no_run(tmp_path)
+
+
+def test_a_trainer_setting_lightning_refuses(task_data, tiny_backbone_dir, tmp_path,
+                                             monkeypatch, capsys):
+    """Lightning's own refusal (MisconfigurationException), as one line naming the trainer."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification",
+                          f"--model.backbone={tiny_backbone_dir}", "--trainer.accelerator=tpu",
+                          f"--data.train_file={task_data['classification']['train_file']}",
+                          *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1].startswith("bertzoo fit: error: trainer: ")
+    assert_no_run(tmp_path)
+
+
+def test_checkpointing_switched_off_runs(task_data, tiny_backbone_dir, tmp_path, monkeypatch,
+                                         capsys):
+    """`--trainer.enable_checkpointing=false` drops bertzoo's checkpoint callbacks (Lightning
+    refused the run: found `ModelCheckpoint` in callbacks list)."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification",
+                          f"--model.backbone={tiny_backbone_dir}",
+                          "--trainer.enable_checkpointing=false",
+                          f"--data.train_file={task_data['classification']['train_file']}",
+                          *QUIET], capsys)
+    assert status == 0, err
+    assert not list(tmp_path.glob("runs/**/*.ckpt"))
