@@ -97,8 +97,7 @@ def test_wrong_type_names_the_key_and_the_expected_type(where, tmp_path, monkeyp
     else:
         args = ["fit", "--task", "classification", "--data.batch_size=lots"]
     err = failure(args, capsys, status=2)
-    assert err.endswith('error: Parser key "data.batch_size":\n'
-                        "  Expected a <class 'int'>. Got value: lots")
+    assert err == "bertzoo fit: error: data.batch_size: expected int >= 1, got 'lots'"
 
 
 # ------------------------------------------------------------------------------- checkpoints

@@ -25,7 +25,7 @@ BAD_INPUT = {
     2: ("test_errors.py::test_unknown_command_line_option_suggests_the_closest",
         "error: unrecognized arguments: --data.max_lenght=64; did you "),
     3: ("test_errors.py::test_wrong_type_names_the_key_and_the_expected_type",
-        "Expected a <class 'int'>. Got value: lots"),
+        "data.batch_size: expected int >= 1, got 'lots'"),
     4: ("test_registry.py::test_cli_with_unknown_or_broken_task",
         "(did you mean 'classification'?)"),
     5: ("test_cli.py::test_task_name_from_the_command_line_or_the_recipe",
@@ -72,6 +72,28 @@ BAD_INPUT = {
          "task 'broken' from broken-import cannot be used: "),
     26: ("test_registry.py::test_duplicate_of_a_built_in_name",
          "duplicate task name 'classification': registered "),
+    27: ("test_validation.py::test_out_of_range_values_are_refused_when_parsed",
+         "data.batch_size: expected int >= 1, got 0"),
+    28: ("test_validation.py::test_out_of_range_value_in_a_recipe",
+         "data.max_train_samples: expected int >= 1 or "),
+    29: ("test_validation.py::test_pretraining_probabilities_are_ranges",
+         "data.mlm_probability: expected float in "),
+    30: ("test_validation.py::test_task_length_longer_than_the_positions",
+         "data.max_length (512) exceeds the model's max_position_embeddings "),
+    31: ("test_validation.py::test_pair_column_that_is_the_text_column",
+         "data.text_pair_column is data.text_column ('sentence'): a pair "),
+    32: ("test_validation.py::test_a_trainer_setting_lightning_refuses",
+         "bertzoo fit: error: trainer: "),
+    33: ("test_validation.py::test_foreign_data_files_are_named",
+         "line 2: a NUL byte; this looks like a binary file, not "),
+    34: ("test_validation.py::test_foreign_data_files_are_named",
+         "is UTF-16 text; expected UTF-8 text (save it as UTF-8)"),
+    35: ("test_validation.py::test_foreign_data_files_are_named",
+         "line 1: byte 0xe9 is not UTF-8; expected UTF-8 text (save "),
+    36: ("test_validation.py::test_damaged_tokenizer_and_config_files_are_named",
+         "binary file, not a tokenizer.json (UTF-8 JSON)"),
+    37: ("test_validation.py::test_damaged_tokenizer_and_config_files_are_named",
+         "config.json is not UTF-8 JSON text (byte 0: invalid "),
 }
 INTERRUPTS = {
     "non-finite training loss (NaN/inf)":
@@ -129,7 +151,7 @@ def referenced_tests(cell: str) -> list[str]:
 
 def test_the_tables_have_exactly_these_rows():
     bad_input = table_rows("The table")
-    assert [int(cells[0]) for cells in bad_input] == sorted(BAD_INPUT) == list(range(1, 27))
+    assert [int(cells[0]) for cells in bad_input] == sorted(BAD_INPUT) == list(range(1, 38))
     assert [cells[0] for cells in table_rows("Interrupts and failures")] == list(INTERRUPTS)
 
 
