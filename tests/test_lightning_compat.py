@@ -158,6 +158,46 @@ def test_set_logging_step_continues_the_logging_step_of_a_run_resumed_from_a_val
         f"itself: drop lightning_compat.set_logging_step"
 
 
+class SaveAndStopAtBatchEnd(L.Callback):
+    """Saves a checkpoint in `on_train_batch_end` of step `step` (from 1), then stops the run
+    with an exception, as SaveOnInterrupt does."""
+
+    def __init__(self, path: Path, step: int, fix: bool):
+        self.path, self.step, self.fix = path, step, fix
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise InterruptedError
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self.fix:
+            lightning_compat.set_logging_step_at_batch_end(checkpoint, trainer.global_step)
+
+
+def test_set_logging_step_at_batch_end_continues_the_logging_step_of_an_interrupted_run(
+        tmp_path):
+    """Stopped in on_train_batch_end of step 3 and resumed: the fourth step logs at step 3,
+    whether this release counts the saved step itself (RESTART_STAGE) or not."""
+    def resumed_steps(fix: bool) -> list[int]:
+        path = tmp_path / f"at-batch-end-{fix}.ckpt"
+        with pytest.raises(InterruptedError):
+            trainer(logger=False, max_steps=6, callbacks=[SaveAndStopAtBatchEnd(path, 3, fix)]
+                    ).fit(LoggingModel())
+        logger = RecordingLogger()
+        trainer(logger=logger, max_steps=6).fit(LoggingModel(), ckpt_path=path)
+        return [step for step, names in logger.calls if "train/value" in names]
+
+    counts = lightning_compat.counts_a_step_saved_at_batch_end()
+    assert resumed_steps(fix=True) == [3, 4, 5], \
+        f"{RELEASE} (_TrainingEpochLoop.{lightning_compat.RESTART_STAGE} " \
+        f"{'present' if counts else 'absent'}): set_logging_step_at_batch_end no longer sets " \
+        f"the step an interrupted run resumes logging from"
+    assert resumed_steps(fix=False) == ([3, 4, 5] if counts else [2, 3, 4]), \
+        f"{RELEASE}: whether Lightning counts a step saved in on_train_batch_end itself is no " \
+        f"longer told by _TrainingEpochLoop.{lightning_compat.RESTART_STAGE}"
+
+
 # ------------------------------------------------------------------ no private use elsewhere
 def _base_name(node: ast.expr) -> str | None:
     return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
