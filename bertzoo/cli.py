@@ -200,19 +200,7 @@ def _lightning_cli_class():
             self.task_name = task_name
             self.task_argument = task_argument or task_name is not None
             self.command = kwargs["args"][0]
-            super().__init__(*args, **kwargs)
-
-        def init_parser(self, **kwargs):
-            # LightningCLI's own, with bertzoo's parser class (Lightning < 2.5 has no
-            # `parser_class` argument).
-            import lightning.pytorch
-            from jsonargparse import ActionConfigFile
-            kwargs.setdefault("dump_header",
-                              [f"lightning.pytorch=={lightning.pytorch.__version__}"])
-            parser = _parser_class()(**kwargs)
-            parser.add_argument("-c", "--config", action=ActionConfigFile,
-                                help="Path to a configuration file in json or yaml format.")
-            return parser
+            super().__init__(*args, parser_class=_parser_class(), **kwargs)
 
         def parse_arguments(self, parser, args) -> None:
             super().parse_arguments(parser, args)
