@@ -162,40 +162,28 @@ class SaveAndStopAtBatchEnd(L.Callback):
     """Saves a checkpoint in `on_train_batch_end` of step `step` (from 1), then stops the run
     with an exception, as SaveOnInterrupt does."""
 
-    def __init__(self, path: Path, step: int, fix: bool):
-        self.path, self.step, self.fix = path, step, fix
+    def __init__(self, path: Path, step: int):
+        self.path, self.step = path, step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
             raise InterruptedError
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        if self.fix:
-            lightning_compat.set_logging_step_at_batch_end(checkpoint, trainer.global_step)
 
-
-def test_set_logging_step_at_batch_end_continues_the_logging_step_of_an_interrupted_run(
-        tmp_path):
-    """Stopped in on_train_batch_end of step 3 and resumed: the fourth step logs at step 3,
-    whether this release counts the saved step itself (RESTART_STAGE) or not."""
-    def resumed_steps(fix: bool) -> list[int]:
-        path = tmp_path / f"at-batch-end-{fix}.ckpt"
-        with pytest.raises(InterruptedError):
-            trainer(logger=False, max_steps=6, callbacks=[SaveAndStopAtBatchEnd(path, 3, fix)]
-                    ).fit(LoggingModel())
-        logger = RecordingLogger()
-        trainer(logger=logger, max_steps=6).fit(LoggingModel(), ckpt_path=path)
-        return [step for step, names in logger.calls if "train/value" in names]
-
-    counts = lightning_compat.counts_a_step_saved_at_batch_end()
-    assert resumed_steps(fix=True) == [3, 4, 5], \
-        f"{RELEASE} (_TrainingEpochLoop.{lightning_compat.RESTART_STAGE} " \
-        f"{'present' if counts else 'absent'}): set_logging_step_at_batch_end no longer sets " \
-        f"the step an interrupted run resumes logging from"
-    assert resumed_steps(fix=False) == ([3, 4, 5] if counts else [2, 3, 4]), \
-        f"{RELEASE}: whether Lightning counts a step saved in on_train_batch_end itself is no " \
-        f"longer told by _TrainingEpochLoop.{lightning_compat.RESTART_STAGE}"
+def test_a_run_interrupted_at_batch_end_resumes_its_logging_step_unaided(tmp_path):
+    """Stopped in on_train_batch_end of step 3 and resumed: Lightning itself logs the fourth
+    step at step 3, so SaveOnInterrupt needs no set_logging_step (Lightning < 2.5.2 logged it
+    at step 2)."""
+    path = tmp_path / "at-batch-end.ckpt"
+    with pytest.raises(InterruptedError):
+        trainer(logger=False, max_steps=6, callbacks=[SaveAndStopAtBatchEnd(path, 3)]
+                ).fit(LoggingModel())
+    logger = RecordingLogger()
+    trainer(logger=logger, max_steps=6).fit(LoggingModel(), ckpt_path=path)
+    assert [step for step, names in logger.calls if "train/value" in names] == [3, 4, 5], \
+        f"{RELEASE} no longer counts the step of a checkpoint saved in on_train_batch_end " \
+        f"on restart: SaveOnInterrupt must store it (lightning_compat.set_logging_step)"
 
 
 # ------------------------------------------------------------------ no private use elsewhere

@@ -221,7 +221,6 @@ class SaveOnInterrupt(Callback):
     def __init__(self):
         self.requested: str | None = None
         self.previous_handler = None
-        self.saving = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.requested = None
@@ -242,11 +241,7 @@ class SaveOnInterrupt(Callback):
         if not trainer.strategy.reduce_boolean_decision(requested is not None, all=False):
             return
         last = last_checkpoint(trainer)
-        self.saving = True
-        try:
-            path = last.save(trainer) if last is not None else None
-        finally:
-            self.saving = False
+        path = last.save(trainer) if last is not None else None
         self._restore()
         # This step's metrics go to the loggers after this hook, which the exception skips:
         # hand them over now (as the loop would), so the resumed run's curves have no gap.
@@ -258,10 +253,6 @@ class SaveOnInterrupt(Callback):
                                              f"--ckpt_path last (or --ckpt_path {path})"
                                              if path else "checkpointing is off: nothing saved"),
             path)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if self.saving:  # the resumed run logs its first step as the next one
-            lightning_compat.set_logging_step_at_batch_end(checkpoint, trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore()

@@ -10,13 +10,13 @@ a release changes it.
    run's metrics.csv has a gap at that step. (Setting `trainer.should_stop` instead would let
    the step finish, but Lightning then runs a validation before stopping, and raises its own
    `SIGTERMException` before any later hook on SIGTERM.)
-2. `set_logging_step`, `set_logging_step_at_batch_end`: the step the loggers number rows with (the epoch loop's
+2. `set_logging_step`: the step the loggers number rows with (the epoch loop's
    `_batches_that_stepped`) is counted after the validation that runs at the end of a training
    step, so a checkpoint saved at the end of that validation holds one less than the steps
    taken, and a run resumed from it logged every later step one too low. The count stored in
-   the checkpoint is set to the one the resumed run must continue from. The same holds for a
-   checkpoint saved in `on_train_batch_end` (Ctrl-C), except where the training epoch loop
-   knows that it restarts from one (`RESTART_STAGE`, Lightning 2.6) and counts the step itself.
+   the checkpoint is set to the one the resumed run must continue from. (A checkpoint saved in
+   `on_train_batch_end`, as Ctrl-C saves it, needs nothing: since Lightning 2.5.2 the loop
+   counts that step itself on restart; before, it did not.)
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ LOGGER_CONNECTOR = "_logger_connector"  # Trainer attribute
 LOGGER_CONNECTOR_METHODS = ("on_batch_end", "update_train_step_metrics")
 EPOCH_LOOP_STATE = "epoch_loop.state_dict"  # key of checkpoint["loops"]["fit_loop"]
 LOGGING_STEP = "_batches_that_stepped"  # key of that state, and _TrainingEpochLoop attribute
-# _TrainingEpochLoop property of the releases that count a step saved in on_train_batch_end
-RESTART_STAGE = "restarted_on_train_batch_end"
 
 
 def flush_step_metrics(trainer) -> None:
@@ -46,16 +44,3 @@ def set_logging_step(checkpoint: dict[str, Any], step: int) -> None:
     if state is not None:
         state[LOGGING_STEP] = step
 
-
-def counts_a_step_saved_at_batch_end() -> bool:
-    """Whether the installed Lightning counts, on restart, the step of a checkpoint saved in
-    `on_train_batch_end` in its logging step."""
-    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
-    return hasattr(_TrainingEpochLoop, RESTART_STAGE)
-
-
-def set_logging_step_at_batch_end(checkpoint: dict[str, Any], step: int) -> None:
-    """`set_logging_step` for a checkpoint saved in `on_train_batch_end` after step `step`,
-    where the installed Lightning does not count that step itself."""
-    if not counts_a_step_saved_at_batch_end():
-        set_logging_step(checkpoint, step)
