@@ -173,7 +173,7 @@ class SaveAndStopAtBatchEnd(L.Callback):
 
 def test_a_run_interrupted_at_batch_end_resumes_its_logging_step_unaided(tmp_path):
     """Stopped in on_train_batch_end of step 3 and resumed: Lightning itself logs the fourth
-    step at step 3, so SaveOnInterrupt needs no set_logging_step (Lightning < 2.5.2 logged it
+    step at step 3, so SaveOnInterrupt needs no set_logging_step (Lightning 2.4 logged it
     at step 2)."""
     path = tmp_path / "at-batch-end.ckpt"
     with pytest.raises(InterruptedError):

@@ -15,8 +15,8 @@ a release changes it.
    step, so a checkpoint saved at the end of that validation holds one less than the steps
    taken, and a run resumed from it logged every later step one too low. The count stored in
    the checkpoint is set to the one the resumed run must continue from. (A checkpoint saved in
-   `on_train_batch_end`, as Ctrl-C saves it, needs nothing: since Lightning 2.5.2 the loop
-   counts that step itself on restart; before, it did not.)
+   `on_train_batch_end`, as Ctrl-C saves it, needs nothing: the loop counts that step itself
+   on restart, which Lightning 2.4 did not.)
 """
 
 from __future__ import annotations
