@@ -17,6 +17,7 @@ the model, the data module and the Trainer is settable from YAML or the command 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 from bertzoo import recipe_catalog
 from bertzoo.config import ConfigError
-from bertzoo.files import CKPT_KEY, CheckpointError, read_torch_file
+from bertzoo.files import CKPT_KEY, CheckpointError, InputFileError, read_torch_file
 from bertzoo.tokenizer import TokenizerError
 
 RUNS_DIR = "runs"
@@ -74,9 +75,11 @@ def latest_checkpoint(save_dir: str, name: str) -> tuple[Path, int]:
 
 
 def trainer_defaults(name: str, version: int, monitor: str, mode: str,
-                     extra_callbacks: tuple = ()) -> dict[str, Any]:
+                     extra_callbacks: tuple = (), summary=None) -> dict[str, Any]:
     """The Trainer setup every bertzoo run shares; any of it can be overridden by a recipe."""
     from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from bertzoo.training.report import OneLineModelSummary, progress_bar
 
     from bertzoo.training import (BestCheckpoint, LastCheckpoint, SaveOnInterrupt,
                                   StopOnNonFiniteLoss, TokensPerSecond)
@@ -99,12 +102,9 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
         StopOnNonFiniteLoss(),  # a NaN loss stops the run before it is checkpointed
         SaveOnInterrupt(),  # Ctrl-C: finish the step, save last.ckpt, stop
     ]
-    try:
-        from lightning.pytorch.callbacks import RichProgressBar
-        import rich  # noqa: F401
-        callbacks.append(RichProgressBar(leave=True))
-    except ImportError:
-        pass
+    callbacks += [progress_bar(leave=True), OneLineModelSummary()]
+    if summary is not None:
+        callbacks.append(summary)
     return {"logger": loggers, "callbacks": callbacks, "default_root_dir": RUNS_DIR,
             # checkpoints written to a temporary name, then renamed; read with weights_only
             "plugins": [{"class_path": "bertzoo.training.AtomicCheckpointIO"}],
@@ -141,10 +141,8 @@ def suggest_closest_key(message: str, parser) -> str:
 
 def known_keys(parser) -> set[str]:
     """Every key `parser` accepts ("data.text_column", "trainer.max_epochs", ...)."""
-    try:
-        return set(parser.get_defaults().keys())
-    except Exception:  # a suggestion is a courtesy: the parser's own error is reported anyway
-        return set()
+    # (without validation: the defaults of a parser that is reporting an error need not hold)
+    return set(parser.get_defaults(skip_validation=True).keys())
 
 
 def checkpoint_for_cli(path: str):
@@ -155,7 +153,7 @@ def checkpoint_for_cli(path: str):
 
 def describe_module(qualified_name: str) -> str:
     """'bertzoo.tasks.ner.NerModule' -> "bertzoo.tasks.ner.NerModule (task 'ner')"."""
-    from bertzoo.tasks.registry import list_tasks
+    from bertzoo.tasks.registry import TaskError, list_tasks
     commands = {"bertzoo.pretraining.module.PretrainingModule": "bertzoo pretrain"}
     try:
         for task in list_tasks():
@@ -163,7 +161,7 @@ def describe_module(qualified_name: str) -> str:
                 module = task.spec.module
                 commands.setdefault(f"{module.__module__}.{module.__qualname__}",
                                     f"task {task.name!r}")
-    except Exception:  # naming the task is a courtesy; a broken registry must not hide the error
+    except TaskError:  # naming the task is a courtesy; a broken registry must not hide the error
         pass
     command = commands.get(qualified_name)
     return f"{qualified_name} ({command})" if command else qualified_name
@@ -179,15 +177,24 @@ def check_checkpoint_module(ckpt: dict, path: str, module_class) -> None:
                                           f"--ckpt_path {path}", describe=describe_module)
 
 
-def _parser_class():
+def _parser_class(user_command: str = "fit"):
     from lightning.pytorch.cli import LightningArgumentParser
+
+    from bertzoo.training.options import one_line_parser_error
 
     class BertzooArgumentParser(LightningArgumentParser):
         """Suggests the closest key for an unknown one (a typo in a recipe or an override)."""
 
         def error(self, message: str, ex: Exception | None = None):
             parser = getattr(ex, "subcommand_parser", None) or self
-            return super().error(suggest_closest_key(message, parser), ex)
+            message = suggest_closest_key(message, parser)
+            if not self.exit_on_error or os.environ.get("BERTZOO_TRACEBACK"):
+                return super().error(message, ex)  # raised for the caller, or the full report
+            # One line, like bertzoo's own errors: the usage of every option of the model,
+            # the data and the Trainer buries the message (`--help` prints it).
+            print(f"bertzoo {user_command}: error: {one_line_parser_error(message)}",
+                  file=sys.stderr)
+            raise SystemExit(2)
 
     return BertzooArgumentParser
 
@@ -199,12 +206,15 @@ def _lightning_cli_class():
         """LightningCLI with bertzoo's links between the data module and the model."""
 
         def __init__(self, *args, links: tuple[str, ...] = (), task_name: str | None = None,
-                     task_argument: bool = False, **kwargs):
+                     task_argument: bool = False, user_command: str | None = None,
+                     run_folder: Path | None = None, **kwargs):
             self.links = links
+            self.user_command = user_command or kwargs["args"][0]
+            self.run_folder = run_folder
             self.task_name = task_name
             self.task_argument = task_argument or task_name is not None
             self.command = kwargs["args"][0]
-            super().__init__(*args, parser_class=_parser_class(), **kwargs)
+            super().__init__(*args, parser_class=_parser_class(self.user_command), **kwargs)
 
         def parse_arguments(self, parser, args) -> None:
             super().parse_arguments(parser, args)
@@ -238,14 +248,27 @@ def _lightning_cli_class():
                                       apply_on="instantiate")
 
         def before_instantiate_classes(self) -> None:
+            if self.run_folder is not None:  # the arguments are good: the run starts
+                print(f"bertzoo {self.user_command}: run folder {self.run_folder}", flush=True)
             config = self.config[self.subcommand] if self.subcommand else self.config
             fill_from_checkpoint(config, self.subclass_mode_model)
-            if config.trainer.get("enable_progress_bar") is False:
-                # Lightning refuses a progress bar callback when the bar is switched off.
-                from lightning.pytorch.callbacks import ProgressBar
+            # Lightning refuses a progress bar or checkpoint callback when the trainer switches
+            # them off; bertzoo's defaults step aside (its model summary too).
+            from lightning.pytorch.callbacks import Checkpoint, ModelSummary, ProgressBar
+            switched_off = tuple(kind for key, kind in (
+                ("enable_progress_bar", ProgressBar), ("enable_checkpointing", Checkpoint),
+                ("enable_model_summary", ModelSummary)) if config.trainer.get(key) is False)
+            if switched_off:
                 self.trainer_defaults["callbacks"] = [
                     c for c in self.trainer_defaults.get("callbacks", [])
-                    if not isinstance(c, ProgressBar)]
+                    if not isinstance(c, switched_off)]
+
+        # The rules between options, once everything is built and before any data is read.
+        def _check(self) -> None:
+            from bertzoo.training.checks import check_run
+            check_run(self.model, self.datamodule, self.trainer)
+
+        before_fit = before_validate = before_test = before_predict = _check
 
     return BertzooCLI
 
@@ -281,9 +304,11 @@ def fill_from_checkpoint(config, subclass_mode: bool = False) -> None:
 def run_lightning_cli(command: str, args: list[str], module_class, datamodule_class,
                       run_name: str, monitor: str, monitor_mode: str,
                       links: tuple[str, ...] = (), task_name: str | None = None,
-                      subclass_mode: bool = False, task_argument: bool = False):
+                      subclass_mode: bool = False, task_argument: bool = False,
+                      user_command: str | None = None):
     """Run one LightningCLI subcommand with bertzoo's Trainer defaults and run folder."""
-    args = list(args)
+    user_command = user_command or command
+    original_args, args = list(args), list(args)
     resumed_version = None
     if "--ckpt_path" in args or any(a.startswith("--ckpt_path=") for a in args):
         value_at = next(i for i, a in enumerate(args) if a.startswith("--ckpt_path"))
@@ -308,30 +333,77 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
     else:
         version = reserved = reserve_version(RUNS_DIR, run_name)
     os.environ["BERTZOO_RUN_VERSION"] = str(version)  # DDP workers re-run us: same folder
+    run_folder = Path(RUNS_DIR) / run_name / f"version_{version}" \
+        if reserved is not None or resumed_version is not None else None
     extra_callbacks = ()
     if command == "predict":
         from bertzoo.tasks.base import PredictionWriter
         extra_callbacks = (PredictionWriter(),)
+    summary = None
+    if command == "fit" and inherited_version is None:
+        from bertzoo.training.report import RunSummary
+        summary = RunSummary(user_command, next_commands=lambda best, last, run_dir, data:
+                             next_commands(user_command, task_name or run_name, original_args,
+                                           best, run_dir, data))
     cli_class = _lightning_cli_class()
+    finished = False
     try:
         # LightningCLI warns when given `args` while sys.argv holds arguments: bertzoo passes
         # the arguments it has read (without --task) on purpose.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return cli_class(
+        result = cli_class(
             module_class, datamodule_class, args=[command, *args], links=links,
-            task_name=task_name, task_argument=task_argument,
+            task_name=task_name, task_argument=task_argument, user_command=user_command,
+            run_folder=run_folder,
             subclass_mode_model=subclass_mode, subclass_mode_data=subclass_mode,
             trainer_defaults=trainer_defaults(run_name, version, monitor, monitor_mode,
-                                              extra_callbacks),
+                                              extra_callbacks, summary),
             save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
             parser_kwargs={"default_env": False},
         )
+        finished = True
+        return result
     finally:
         if inherited_version is None:  # the next run in this process gets its own folder
             os.environ.pop("BERTZOO_RUN_VERSION", None)
         folder = Path(RUNS_DIR) / run_name / f"version_{reserved}"
-        if reserved is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # the run stopped before writing anything: free the number
+        if reserved is not None and folder.is_dir() and not finished \
+                and not any(folder.glob("checkpoints/*.ckpt")):
+            # The run stopped before its first checkpoint (bad input, most often): what it
+            # wrote (config.yaml, an empty metrics.csv) goes, and the number is free again.
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def next_commands(user_command: str, task: str, args: list[str], checkpoint: str,
+                  run_dir: Path | None, datamodule) -> list[list[str]]:
+    """What to run after a `fit` (or `pretrain`), with this run's paths filled in: evaluate
+    and predict with the same recipe and overrides from `checkpoint`, export it, serve it."""
+    export_dir = str((run_dir or Path(checkpoint).parent.parent) / "export")
+    later = [["bertzoo", "export", checkpoint, export_dir]]
+    if "serve" in COMMANDS:
+        later.append(["bertzoo", "serve", checkpoint])
+    if user_command == "pretrain":
+        return [*later, ["bertzoo", "fit", "--task", "classification", "--model.backbone",
+                         checkpoint, "--data.train_file", "TRAIN.tsv"]]
+    kept, skip = [], False
+    for arg in args:  # the same recipe and overrides, without the run's own checkpoint
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    if "--task" not in kept and not any(a.startswith("--task=") for a in kept):
+        kept = ["--task", task, *kept]
+    files = getattr(datamodule, "files", {}) or {}
+    held_out = files.get("validation") or files.get("test")
+    commands = []
+    for verb, split in (("test", "test"), ("predict", "predict")):
+        extra = []
+        if not files.get(split) and held_out:
+            extra = [f"--data.{split}_file={held_out}"]
+        commands.append(["bertzoo", verb, *kept, *extra, f"--ckpt_path={checkpoint}"])
+    return [*commands, *later]
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -368,7 +440,7 @@ def cmd_pretrain(args: list[str]):
     from bertzoo.pretraining import PretrainingDataModule, PretrainingModule
     return run_lightning_cli("fit", args, PretrainingModule, PretrainingDataModule,
                              run_name="pretrain", monitor="val/mlm_loss", monitor_mode="min",
-                             links=PretrainingDataModule.model_links)
+                             links=PretrainingDataModule.model_links, user_command="pretrain")
 
 
 def _config_paths(args: list[str]) -> list[tuple[int, Path]]:
@@ -548,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS and command not in TASK_COMMANDS:
         print(f"bertzoo: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
         return 2
+    if command in TASK_COMMANDS or command == "pretrain":
+        from bertzoo.training.report import quiet_dependency_noise  # loads Lightning
+        quiet_dependency_noise()
     try:
         if command in TASK_COMMANDS:
             cmd_task(command, rest)
@@ -561,8 +636,18 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BERTZOO_TRACEBACK"):
             raise
         # Bad input, explained by the message itself: no traceback (BERTZOO_TRACEBACK=1 shows it).
-        print(f"bertzoo {command}: error: {err}", file=sys.stderr)
+        print(f"bertzoo {command}: error: {one_line(err)}", file=sys.stderr)
         return 1
+
+
+def one_line(err: BaseException) -> str:
+    """A user error's message on one line; Lightning's refusals say they are about the
+    Trainer's settings."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    if lightning is not None and isinstance(err, lightning.MisconfigurationException):
+        return f"trainer: {text}"
+    return text
 
 
 def interruptions() -> tuple[type[BaseException], ...]:
@@ -575,7 +660,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that report bad input (their message says what and where), not bugs."""
     from bertzoo.tasks.registry import TaskError
     errors: list[type[BaseException]] = [CheckpointError, ConfigError, TaskError,
-                                         TokenizerError, FileNotFoundError]
+                                         TokenizerError, InputFileError, FileNotFoundError]
     if "bertzoo.training" in sys.modules:
         errors.append(sys.modules["bertzoo.training"].NonFiniteLossError)
     if "bertzoo.tasks.base" in sys.modules:
@@ -584,6 +669,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
         errors.append(sys.modules["bertzoo.plot"].PlotError)
     if "bertzoo.pretraining.corpus" in sys.modules:
         errors.append(sys.modules["bertzoo.pretraining.corpus"].CorpusError)
+    if "lightning.fabric.utilities.exceptions" in sys.modules:
+        # Lightning's error for Trainer settings it cannot honour (an accelerator the machine
+        # lacks, callbacks that contradict a flag): the user's to fix, its message says how.
+        errors.append(sys.modules["lightning.fabric.utilities.exceptions"]
+                      .MisconfigurationException)
     return tuple(errors)
 
 

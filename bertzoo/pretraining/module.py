@@ -40,6 +40,8 @@ from bertzoo.model import IGNORE_INDEX, BertForPreTraining
 from bertzoo.training import (BertModule, attached_trainer, build_encoder,
                               check_backbone_or_config, check_vocab_size, lightning_compat,
                               share_of_global_mean)
+from bertzoo.training.options import (DropoutRate, NonNegativeFloat, PositiveFloat, PositiveInt,
+                                      Seed, SequenceLength)
 
 log = logging.getLogger("bertzoo")
 
@@ -97,10 +99,12 @@ class PretrainingModule(BertModule):
     """
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
-                 vocab_size: int | None = None, max_seq_length: int | None = None,
-                 learning_rate: float = 1e-4, weight_decay: float = 0.01, warmup: float = 10000,
-                 adam_epsilon: float = 1e-6, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 seed: int | None = None, compile: bool | dict[str, Any] = False):
+                 vocab_size: PositiveInt | None = None,
+                 max_seq_length: SequenceLength | None = None,
+                 learning_rate: PositiveFloat = 1e-4, weight_decay: NonNegativeFloat = 0.01,
+                 warmup: NonNegativeFloat = 10000, adam_epsilon: PositiveFloat = 1e-6,
+                 adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
+                 seed: Seed | None = None, compile: bool | dict[str, Any] = False):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile)
         self.save_hyperparameters()

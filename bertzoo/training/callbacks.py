@@ -146,8 +146,8 @@ def save_logs(trainer) -> None:
     for logger in trainer.loggers:
         try:
             logger.save()
-        except Exception:  # the run is stopping for another reason: that one is reported
-            pass
+        except OSError:  # a full or gone disk: the run is stopping for another reason, which
+            pass  # is the one to report
 
 
 # ------------------------------------------------------------------------------- reliability

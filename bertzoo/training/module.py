@@ -17,6 +17,7 @@ from bertzoo.config import ConfigError
 from bertzoo.files import CKPT_KEY, CheckpointError
 from bertzoo.training.checkpoint_io import refuse_another_modules_checkpoint
 from bertzoo.training.optim import parameter_groups, schedule_length, warmup_then_linear_decay
+from bertzoo.training.options import DropoutRate, Fraction, NonNegativeFloat, PositiveFloat
 from bertzoo.training.process import tune_cpu_process
 
 
@@ -66,10 +67,10 @@ class BertModule(L.LightningModule):
     a module whose metric depends on its configuration (a classification model doing regression
     keeps the best val/pearson, not val/accuracy); None keeps the one the run was given."""
 
-    def __init__(self, learning_rate: float = 5e-5, weight_decay: float = 0.01,
-                 warmup: float = 0.1, adam_epsilon: float = 1e-6,
-                 adam_betas: tuple[float, float] = (0.9, 0.999),
-                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False):
+    def __init__(self, learning_rate: PositiveFloat = 5e-5, weight_decay: NonNegativeFloat = 0.01,
+                 warmup: NonNegativeFloat = 0.1, adam_epsilon: PositiveFloat = 1e-6,
+                 adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
+                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False):
         super().__init__()
         self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self.compiled = False

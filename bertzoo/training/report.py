@@ -150,8 +150,9 @@ def format_duration(seconds: float) -> str:
 class RunSummary(Callback):
     """At the end of `fit`: the monitored metric (best and final), the task's other validation
     metrics (final), the best and last checkpoints, the wall time, and the next commands with
-    the paths filled in. `next_commands(best, last, run_dir)` gives those commands; the CLI,
-    which knows how the run was started, supplies it."""
+    the paths filled in. `next_commands(checkpoint, last, run_dir, datamodule)` gives those
+    commands (each a list of arguments); the CLI, which knows how the run was started,
+    supplies it."""
 
     def __init__(self, command: str, next_commands=None, stream=None):
         self.command = command
@@ -209,7 +210,7 @@ class RunSummary(Callback):
             lines.append(f"  last checkpoint  {last}")
         if self.next_commands is not None and (best or last):
             commands = self.next_commands(best if best and Path(best).is_file() else last,
-                                          last, run_dir)
+                                          last, run_dir, trainer.datamodule)
             if commands:
                 lines.append("next:")
                 lines += [f"  {shlex.join(c) if isinstance(c, list) else c}" for c in commands]
