@@ -263,6 +263,14 @@ def _lightning_cli_class():
                     c for c in self.trainer_defaults.get("callbacks", [])
                     if not isinstance(c, switched_off)]
 
+        def instantiate_trainer(self, **kwargs):
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except ModuleNotFoundError as err:
+                # A Trainer setting that needs a package this machine lacks (an accelerator's
+                # or a strategy's): Lightning raises while checking its requirements.
+                raise ConfigError(f"trainer: {err}") from err
+
         # The rules between options, once everything is built and before any data is read.
         def _check(self) -> None:
             from bertzoo.training.checks import check_run

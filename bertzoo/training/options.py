@@ -114,7 +114,10 @@ def one_line_parser_error(message: str) -> str:
     for line in lines[1:]:
         found = re.match(r"(?:- )?Not of type ([^:]+): (expected .+, got (.+))$", line)
         plain = re.match(r"(?:- )?Expected a <class '([\w.]+)'>(?:\. Got value: (.*))?$", line)
-        if found:
+        choice = re.match(r"(?:- )?Expected a typing\.Literal\[(.*)\]$", line)
+        if choice:
+            expected.append(f"one of {choice.group(1)}")
+        elif found:
             expected.append(found.group(1))
             given = given if given is not None else found.group(3)
         elif plain:

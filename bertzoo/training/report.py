@@ -22,6 +22,8 @@ from typing import Any
 from lightning.pytorch.callbacks import (Callback, ModelSummary, RichProgressBar,
                                          TQDMProgressBar)
 
+from bertzoo.training.callbacks import LastCheckpoint
+
 # (category, exact start of the message) of warnings the user cannot act on: a dependency's
 # deprecation inside another dependency.
 NOISY_WARNINGS = (
@@ -192,18 +194,18 @@ class RunSummary(Callback):
             history = metric_history(rows, name)
             if not history:
                 continue
-            line = f"  {name.ljust(width)}  final {history[-1][1]:.4f} (step {history[-1][0]})"
+            line = f"  {name.ljust(width)}  final {history[-1][1]:.4f}"
             if name == monitor:
                 pick = max if mode == "max" else min
-                best_step, best = pick(history, key=lambda item: item[1])
-                line = (f"  {name.ljust(width)}  best {best:.4f} (step {best_step}),"
-                        f" final {history[-1][1]:.4f} (step {history[-1][0]})"
-                        f"  [monitored, {mode}]")
+                best = pick(value for _, value in history)
+                line = (f"  {name.ljust(width)}  best {best:.4f}, final {history[-1][1]:.4f}"
+                        f"  ({len(history)} validations; the best checkpoint's, {mode})")
             lines.append(line)
         if not names:
             lines.append("  no validation metrics (no validation data)")
         best = getattr(callback, "best_model_path", "") or None
-        last = getattr(callback, "last_model_path", "") or None
+        last = next((c.path(trainer) for c in trainer.callbacks
+                     if isinstance(c, LastCheckpoint)), None)
         if best and Path(best).is_file():
             lines.append(f"  best checkpoint  {best}")
         if last and Path(last).is_file():
