@@ -202,6 +202,8 @@ def _parser_class(user_command: str = "fit"):
 def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
+    from bertzoo.training.report import RunSummary
+
     class BertzooCLI(LightningCLI):
         """LightningCLI with bertzoo's links between the data module and the model."""
 
@@ -277,6 +279,12 @@ def _lightning_cli_class():
             check_run(self.model, self.datamodule, self.trainer)
 
         before_fit = before_validate = before_test = before_predict = _check
+
+        def after_fit(self) -> None:
+            summary = next((c for c in self.trainer.callbacks if isinstance(c, RunSummary)),
+                           None)
+            if summary is not None:
+                summary.show()
 
     return BertzooCLI
 
@@ -382,6 +390,15 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
             shutil.rmtree(folder, ignore_errors=True)
 
 
+# Options only a training run reads: left out of the evaluation commands a summary suggests.
+TRAINING_ONLY = ("--ckpt_path", "--trainer.max_epochs", "--trainer.max_steps",
+                 "--trainer.min_epochs", "--trainer.min_steps", "--trainer.max_time",
+                 "--trainer.val_check_interval", "--trainer.check_val_every_n_epoch",
+                 "--trainer.num_sanity_val_steps", "--trainer.limit_train_batches",
+                 "--trainer.accumulate_grad_batches", "--trainer.gradient_clip_val",
+                 "--trainer.log_every_n_steps")
+
+
 def next_commands(user_command: str, task: str, args: list[str], checkpoint: str,
                   run_dir: Path | None, datamodule) -> list[list[str]]:
     """What to run after a `fit` (or `pretrain`), with this run's paths filled in: evaluate
@@ -394,12 +411,12 @@ def next_commands(user_command: str, task: str, args: list[str], checkpoint: str
         return [*later, ["bertzoo", "fit", "--task", "classification", "--model.backbone",
                          checkpoint, "--data.train_file", "TRAIN.tsv"]]
     kept, skip = [], False
-    for arg in args:  # the same recipe and overrides, without the run's own checkpoint
+    for arg in args:  # the same recipe and overrides, without what only training reads
         if skip:
             skip = False
-        elif arg == "--ckpt_path":
+        elif arg in TRAINING_ONLY:
             skip = True
-        elif not arg.startswith("--ckpt_path="):
+        elif arg.split("=", 1)[0] not in TRAINING_ONLY:
             kept.append(arg)
     if "--task" not in kept and not any(a.startswith("--task=") for a in kept):
         kept = ["--task", task, *kept]

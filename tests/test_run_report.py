@@ -104,3 +104,28 @@ def test_noise_filters_name_exact_messages():
         warnings.warn("'set_vital' is deprecated, please do not call", DeprecationWarning)
     assert [str(w.message) for w in shown] == ["data.max_length is deprecated",
                                                "'set_vital' is deprecated, please do not call"]
+
+
+def test_summary_reads_best_and_final_from_metrics_csv(tmp_path):
+    """Best (by the monitor's mode) and final value of the monitored metric, from a metrics.csv
+    whose values differ: the best is neither the first nor the last."""
+    from types import SimpleNamespace
+
+    from bertzoo.training.report import RunSummary
+    run = tmp_path / "runs/classification/version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best-4.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    (run / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/accuracy,val/loss\n"
+        "0,1,0.9,,\n0,1,,0.50,0.70\n0,3,,0.75,0.60\n0,5,,0.625,0.65\n")
+    for mode, best in (("max", "0.7500"), ("min", "0.5000")):
+        trainer = SimpleNamespace(
+            log_dir=str(run), global_step=6, current_epoch=1, callbacks=[], datamodule=None,
+            checkpoint_callback=SimpleNamespace(monitor="val/accuracy", mode=mode,
+                                                best_model_path=str(run / "checkpoints/best-4.ckpt")))
+        text = RunSummary("fit").render(trainer)
+        assert f"  val/accuracy  best {best}, final 0.6250  (3 validations; the best " \
+               f"checkpoint's, {mode})" in text.splitlines()
+        assert "  val/loss      final 0.6500" in text.splitlines()
+        assert f"  best checkpoint  {run / 'checkpoints/best-4.ckpt'}" in text.splitlines()

@@ -33,7 +33,10 @@ NOISY_WARNINGS = (
     (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
 )
 # Start of Lightning log lines advertising its cloud products.
-NOISY_LOG_LINES = ("💡 Tip: For seamless cloud",)
+NOISY_LOG_LINES = ("💡 Tip: For seamless cloud",
+                   # bertzoo's one-line summary stands in for Lightning's table, on purpose
+                   "Trainer already configured with model summary callbacks: "
+                   "[<class 'bertzoo.training.report.OneLineModelSummary'>]")
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 
@@ -86,10 +89,20 @@ def _monitor(trainer) -> str | None:
 
 
 class ReadableRichProgressBar(RichProgressBar):
-    """Rich's bar showing `bar_metrics`."""
+    """Rich's bar showing `bar_metrics`, narrower, so that the line fits 100 columns."""
+
+    BAR_WIDTH = 20
 
     def get_metrics(self, trainer, pl_module):
         return bar_metrics(trainer, _monitor(trainer))
+
+    def configure_columns(self, trainer) -> list:
+        from rich.progress import BarColumn
+        columns = super().configure_columns(trainer)
+        for column in columns:
+            if isinstance(column, BarColumn):
+                column.bar_width = self.BAR_WIDTH
+        return columns
 
 
 class ReadableTQDMProgressBar(TQDMProgressBar):
@@ -172,7 +185,12 @@ class RunSummary(Callback):
         for logger in trainer.loggers:
             logger.save()  # metrics.csv complete before it is read
         self.text = self.render(trainer)
-        print(self.text, file=self.stream or sys.stdout, flush=True)
+
+    def show(self) -> None:
+        """Print the summary; called once `fit` has returned, so that the progress bar has
+        closed its display and the summary is the last thing on the screen."""
+        if self.text:
+            print(self.text, file=self.stream or sys.stdout, flush=True)
 
     def render(self, trainer) -> str:
         run_dir = Path(trainer.log_dir) if trainer.log_dir else None
