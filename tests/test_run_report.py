@@ -119,11 +119,12 @@ def test_summary_reads_best_and_final_from_metrics_csv(tmp_path):
     (run / "metrics.csv").write_text(
         "epoch,step,train/loss,val/accuracy,val/loss\n"
         "0,1,0.9,,\n0,1,,0.50,0.70\n0,3,,0.75,0.60\n0,5,,0.625,0.65\n")
+    best_path = str(run / "checkpoints/best-4.ckpt")
     for mode, best in (("max", "0.7500"), ("min", "0.5000")):
         trainer = SimpleNamespace(
             log_dir=str(run), global_step=6, current_epoch=1, callbacks=[], datamodule=None,
             checkpoint_callback=SimpleNamespace(monitor="val/accuracy", mode=mode,
-                                                best_model_path=str(run / "checkpoints/best-4.ckpt")))
+                                                best_model_path=best_path))
         text = RunSummary("fit").render(trainer)
         assert f"  val/accuracy  best {best}, final 0.6250  (3 validations; the best " \
                f"checkpoint's, {mode})" in text.splitlines()

@@ -26,6 +26,7 @@ from bertzoo.training.options import (AtLeastTwoInt, DropoutRate, FiniteFloat, F
 
 __all__ = ["ENTRY_POINT_GROUP", "RegisteredTask", "TaskError", "TaskSpec", "get_task",
            "list_tasks", "register", "TaskModule", "TaskDataModule", "DataError",
-           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "AtLeastTwoInt", "DropoutRate",
-           "FiniteFloat", "Fraction", "NonNegativeFloat", "NonNegativeInt", "OpenProbability",
-           "PositiveFloat", "PositiveInt", "Probability", "Seed", "SequenceLength", "check_range"]
+           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "AtLeastTwoInt",
+           "DropoutRate", "FiniteFloat", "Fraction", "NonNegativeFloat", "NonNegativeInt",
+           "OpenProbability", "PositiveFloat", "PositiveInt", "Probability", "Seed",
+           "SequenceLength", "check_range"]
