@@ -69,7 +69,9 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer) -> str:
         """Write last.ckpt now (every process calls it, as `trainer.save_checkpoint` needs)."""
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        # the whole state (optimizer, loops, callbacks): said, so Lightning need not log that
+        # it chose it
+        trainer.save_checkpoint(path, weights_only=False)
         self.step_saved = trainer.global_step
         return path
 
