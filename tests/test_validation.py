@@ -294,3 +294,20 @@ def test_checkpointing_switched_off_runs(task_data, tiny_backbone_dir, tmp_path,
                           *QUIET], capsys)
     assert status == 0, err
     assert not list(tmp_path.glob("runs/**/*.ckpt"))
+
+
+def test_padding_multiple_beyond_the_positions(task_data, tiny_backbone_dir, tmp_path,
+                                               monkeypatch, capsys):
+    """Found by the long fuzz run: a batch padded past the position table failed inside the
+    model's forward pass (ValueError: sequence length 600 exceeds max_position_embeddings)."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["fit", "--task", "classification",
+                          f"--model.backbone={tiny_backbone_dir}", "--data.pad_to_multiple_of=600",
+                          f"--data.train_file={task_data['classification']['train_file']}",
+                          *QUIET], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        "bertzoo fit: error: data.pad_to_multiple_of (600) pads a batch of data.max_length (128) "
+        "to 600 tokens, more than the model's max_position_embeddings (128); use a smaller "
+        "multiple")
+    assert_no_run(tmp_path)

@@ -30,12 +30,22 @@ def check_length(model, datamodule) -> None:
     config = _encoder_config(model)
     if config is None or datamodule is None:
         return
+    positions = config.max_position_embeddings
+    multiple = getattr(datamodule, "pad_to_multiple_of", None) or \
+        (getattr(datamodule, "masking_options", None) or {}).get("pad_to_multiple_of")
     for key in ("max_length", "max_seq_length"):
         length = getattr(datamodule, key, None)
-        if isinstance(length, int) and length > config.max_position_embeddings:
+        if not isinstance(length, int):
+            continue
+        if length > positions:
             raise ConfigError(f"data.{key} ({length}) exceeds the model's "
-                              f"max_position_embeddings ({config.max_position_embeddings}); "
+                              f"max_position_embeddings ({positions}); "
                               f"lower it or build the model with more positions")
+        if multiple and -(-length // multiple) * multiple > positions:
+            raise ConfigError(f"data.pad_to_multiple_of ({multiple}) pads a batch of "
+                              f"data.{key} ({length}) to {-(-length // multiple) * multiple} "
+                              f"tokens, more than the model's max_position_embeddings "
+                              f"({positions}); use a smaller multiple")
 
 
 def check_warmup(model, trainer) -> None:
