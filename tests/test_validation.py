@@ -298,8 +298,8 @@ def test_checkpointing_switched_off_runs(task_data, tiny_backbone_dir, tmp_path,
 
 def test_padding_multiple_beyond_the_positions(task_data, tiny_backbone_dir, tmp_path,
                                                monkeypatch, capsys):
-    """Found by the long fuzz run: a batch padded past the position table failed inside the
-    model's forward pass (ValueError: sequence length 600 exceeds max_position_embeddings)."""
+    """A batch padded past the position table failed inside the model's forward pass
+    (ValueError: sequence length 600 exceeds max_position_embeddings), after data was read."""
     monkeypatch.chdir(tmp_path)
     status, _, err = run(["fit", "--task", "classification",
                           f"--model.backbone={tiny_backbone_dir}", "--data.pad_to_multiple_of=600",
@@ -310,4 +310,20 @@ def test_padding_multiple_beyond_the_positions(task_data, tiny_backbone_dir, tmp
         "bertzoo fit: error: data.pad_to_multiple_of (600) pads a batch of data.max_length (128) "
         "to 600 tokens, more than the model's max_position_embeddings (128); use a smaller "
         "multiple")
+    assert_no_run(tmp_path)
+
+
+def test_null_adam_betas_in_a_recipe(tmp_path, monkeypatch, capsys):
+    """Found by the long fuzz run: `adam_betas: null` passed the parser (a tuple type takes
+    null) and failed in the module with `TypeError: 'NoneType' object is not iterable`."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"config": {
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64}, "adam_betas": None},
+        "data": {"max_seq_length": 32}}))
+    status, _, err = run(["pretrain", "--config", str(recipe)], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        "bertzoo pretrain: error: model.adam_betas: expected two numbers in [0, 1), got None")
     assert_no_run(tmp_path)

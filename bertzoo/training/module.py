@@ -17,7 +17,8 @@ from bertzoo.config import ConfigError
 from bertzoo.files import CKPT_KEY, CheckpointError
 from bertzoo.training.checkpoint_io import refuse_another_modules_checkpoint
 from bertzoo.training.optim import parameter_groups, schedule_length, warmup_then_linear_decay
-from bertzoo.training.options import DropoutRate, Fraction, NonNegativeFloat, PositiveFloat
+from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, PositiveFloat,
+                                      check_range)
 from bertzoo.training.process import tune_cpu_process
 
 
@@ -78,6 +79,12 @@ class BertModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup = warmup
         self.adam_epsilon = adam_epsilon
+        # (the parser lets null through for a tuple: found by the fuzzer as a TypeError here)
+        if not isinstance(adam_betas, (tuple, list)) or len(adam_betas) != 2:
+            raise ConfigError(f"model.adam_betas: expected two numbers in [0, 1), got "
+                              f"{adam_betas!r}")
+        for beta in adam_betas:
+            check_range("model.adam_betas", beta, DropoutRate)
         self.adam_betas = tuple(adam_betas)
         self.layerwise_lr_decay = layerwise_lr_decay
         self.tokenizer = None  # a tokenizers.Tokenizer, from the data module or the checkpoint
