@@ -356,7 +356,7 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
         from bertzoo.tasks.base import PredictionWriter
         extra_callbacks = (PredictionWriter(),)
     summary = None
-    if command == "fit" and inherited_version is None:
+    if command == "fit":  # on every process (it asks the run folder of all); rank 0 prints
         from bertzoo.training.report import RunSummary
         summary = RunSummary(user_command, next_commands=lambda best, last, run_dir, data:
                              next_commands(user_command, task_name or run_name, original_args,

@@ -180,11 +180,13 @@ class RunSummary(Callback):
         self._started = time.perf_counter()
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        # `trainer.log_dir` broadcasts from rank 0: every process asks, under DDP
+        run_dir = trainer.log_dir
         if not trainer.is_global_zero or trainer.interrupted:
             return
         for logger in trainer.loggers:
             logger.save()  # metrics.csv complete before it is read
-        self.text = self.render(trainer)
+        self.text = self.render(trainer, run_dir)
 
     def show(self) -> None:
         """Print the summary; called once `fit` has returned, so that the progress bar has
@@ -192,8 +194,9 @@ class RunSummary(Callback):
         if self.text:
             print(self.text, file=self.stream or sys.stdout, flush=True)
 
-    def render(self, trainer) -> str:
-        run_dir = Path(trainer.log_dir) if trainer.log_dir else None
+    def render(self, trainer, run_dir: str | None = None) -> str:
+        run_dir = run_dir if run_dir is not None else trainer.log_dir
+        run_dir = Path(run_dir) if run_dir else None
         rows = read_metrics_csv(run_dir / "metrics.csv") if run_dir else []
         callback = trainer.checkpoint_callback
         monitor = getattr(callback, "monitor", None)
