@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertzoo.config import ConfigError
 from bertzoo.files import atomic_write
 from bertzoo.recipe_catalog import recipes_root
 from bertzoo.tasks.base import PredictionWriter
@@ -131,7 +132,7 @@ METRIC_NAMES = {"matthews": "Matthews corr.", "accuracy": "accuracy", "f1": "F1"
 RunTask = Callable[[str, list[str]], Any]
 
 
-class GlueError(ValueError):
+class GlueError(ConfigError):
     """Bad arguments to `bertzoo glue` (an unknown task name)."""
 
 

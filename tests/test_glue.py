@@ -378,3 +378,56 @@ def test_hub_split_names_and_their_check(tiny_backbone_dir, monkeypatch):
     assert dm.has_split("validation")
     with pytest.raises(DataError, match=r"data.dataset_splits: unknown split\(s\) \['dev'\]"):
         ClassificationDataModule(dataset_splits={"dev": "validation_matched"})
+
+
+# ------------------------------------------------------------ fine-tuning as a new user would
+def test_a_backbone_shorter_than_max_length_is_refused_before_the_first_step(tmp_path,
+                                                                            monkeypatch, capsys):
+    """`make demo`'s export has 64 positions; the SST-2 recipe asks for 128: refused with both
+    numbers before any step (no checkpoint, no metrics), not a traceback from the model."""
+    from bertzoo.testing import tiny_backbone
+    short = tiny_backbone(tmp_path / "short", max_position_embeddings=64)
+    data = write_glue_download(tmp_path / "glue_data", train=8, dev=4)
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(glue.recipe_path(glue.TASKS["sst2"])),
+                 *glue.TASKS["sst2"].local_overrides(data), *quick(short)])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "bertzoo fit: error: data.max_length (128) exceeds the backbone's "
+        "max_position_embeddings (64): it has no position for the tokens after the 64th; "
+        "set --data.max_length 64 (or less), or use a backbone with more positions")
+    assert not list(tmp_path.glob("runs/**/*.ckpt")) and not list(tmp_path.glob("runs/**/metrics.csv"))
+    # the same backbone with max_length within its positions trains
+    assert main(["fit", "--config", str(glue.recipe_path(glue.TASKS["sst2"])),
+                 *glue.TASKS["sst2"].local_overrides(data), *quick(short),
+                 "--data.max_length=64"]) == 0
+
+
+def test_a_config_json_as_model_config(tiny_backbone_dir, tmp_path, monkeypatch):
+    """A Hugging Face config.json (random initialisation of a known architecture) is accepted
+    where a preset name is; its sizes are used, and a missing file is a clear error."""
+    from bertzoo.config import BertConfig, ConfigError
+    hf = json.loads((tiny_backbone_dir / "config.json").read_text())
+    hf.update(hidden_size=48, num_attention_heads=3, intermediate_size=96)
+    config_json = tmp_path / "arch" / "config.json"
+    config_json.parent.mkdir()
+    config_json.write_text(json.dumps(hf))
+    made = BertConfig.from_preset_or_file(str(config_json), vocab_size=999)
+    assert (made.hidden_size, made.num_attention_heads, made.vocab_size) == (
+        48, 3, hf["vocab_size"])  # the file's vocabulary, not the default given
+    assert BertConfig.from_preset_or_file(config_json.parent).hidden_size == 48  # its folder
+    with pytest.raises(ConfigError, match=r"model.config: no such file: nowhere/config.json"):
+        BertConfig.from_preset_or_file("nowhere/config.json")
+    with pytest.raises(ConfigError, match=r"unknown BERT preset 'huge'; known presets: tiny, "
+                                          r"mini, small, medium, base, large \(or a path to a "
+                                          r"Hugging Face config.json\)"):
+        BertConfig.from_preset_or_file("huge")
+    data = write_glue_download(tmp_path / "glue_data", train=8, dev=4)
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in quick(tiny_backbone_dir) if not a.startswith("--model.backbone")]
+    assert main(["fit", "--config", str(glue.recipe_path(glue.TASKS["sst2"])),
+                 *glue.TASKS["sst2"].local_overrides(data), *args, "--model.backbone=null",
+                 f"--model.config={config_json}", f"--data.tokenizer={tiny_backbone_dir}"]) == 0
+    checkpoint = next(tmp_path.glob("runs/classification/version_0/checkpoints/last.ckpt"))
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)["bertzoo"]["config"]
+    assert stored["hidden_size"] == 48 and stored["num_attention_heads"] == 3
