@@ -45,6 +45,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from bertzoo.config import ConfigError
 from bertzoo.data import pad_to
 from bertzoo.files import atomic_write
 from bertzoo.model import init_weights
@@ -165,6 +166,21 @@ class TaskModule(BertModule):
     def configure_model(self) -> None:
         self.metrics  # create the metric states before the strategy moves/wraps the module
         super().configure_model()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        self.check_max_length(getattr(datamodule, "max_length", None))
+
+    def check_max_length(self, max_length: int | None) -> None:
+        """Refuse inputs longer than the backbone's position table before the first step (the
+        model would fail at the first long batch, deep in its forward)."""
+        positions = self.encoder.config.max_position_embeddings
+        if max_length is not None and max_length > positions:
+            raise ConfigError(f"data.max_length ({max_length}) exceeds the backbone's "
+                              f"max_position_embeddings ({positions}): it has no position for "
+                              f"the tokens after the {positions}th; set --data.max_length "
+                              f"{positions} (or less), or use a backbone with more positions")
 
     def _shared_step(self, stage: str, batch: dict[str, Any]) -> Tensor:
         outputs = self(batch)
