@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from bertzoo.config import ConfigError
-from bertzoo.training.schedules import (SCHEDULERS, Lamb, build_optimizer, build_scheduler,
+from bertzoo.training.optim import (SCHEDULERS, Lamb, build_optimizer, build_scheduler,
                                         lr_multiplier, warmup_steps_of)
 
 # T = 10 optimizer steps, W = 2 warm-up steps; warm-up is (s+1)/(W+1) = 1/3, 2/3 everywhere.
@@ -146,3 +147,69 @@ def test_lamb_zero_weights_take_ratio_one():
     w.grad = torch.tensor([1.0, -1.0], dtype=torch.float64)
     optimizer.step()
     assert w.tolist() == pytest.approx([-0.1, 0.1], abs=1e-12)
+
+
+# ------------------------------------------------------------ every module, through the CLI
+def logged_rates(run: Path) -> list[float]:
+    """The rate of the first parameter group (`lr`, or `lr/pg1` with several) in a run's
+    metrics.csv, one value per optimizer step."""
+    import csv
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    column = next(c for c in rows[0] if c == "lr" or c.startswith("lr/"))
+    return [float(row[column]) for row in rows if row.get(column)]
+
+
+QUICK = ["--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+         "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_a_task_and_pretraining_follow_the_chosen_schedule(optimizer, tiny_backbone_dir,
+                                                           tmp_path, monkeypatch):
+    """`model.scheduler`, `model.optimizer`, `model.warmup`, `model.decay_fraction` reach the
+    optimizer of a task and of pretraining alike (one BertModule): the logged rate of each of
+    10 steps is peak x the schedule's multiplier, and the optimizer is the one asked for."""
+    from bertzoo.cli import cmd_task, main
+    from bertzoo.testing import documents, write_bert_corpus
+    monkeypatch.chdir(tmp_path)
+    schedule = ["--model.scheduler=warmup_stable_decay", "--model.warmup=2",
+                "--model.decay_fraction=0.3", f"--model.optimizer={optimizer}"]
+    expected = [1e-3 * m for m in EXPECTED["warmup_stable_decay"]]
+
+    rows = "sentence\tlabel\n" + "".join(f"the {w} cat is {w} .\t{i % 2}\n" for i, w in
+                                         enumerate(["happy", "sad"] * 20))
+    (tmp_path / "train.tsv").write_text(rows)
+    task = cmd_task("fit", ["--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                            "--data.train_file=train.tsv", "--data.batch_size=4",
+                            "--trainer.max_steps=10", "--model.learning_rate=1e-3",
+                            *schedule, *QUICK])
+    assert type(task.trainer.optimizers[0]).__name__ == {"adamw": "AdamW",
+                                                          "lamb": "Lamb"}[optimizer]
+    assert logged_rates(Path(task.trainer.log_dir)) == pytest.approx(expected, rel=1e-6)
+
+    corpus = write_bert_corpus(tmp_path / "corpus.txt", documents(12, seed=1, min_sentences=3))
+    assert main(["pretrain", "--model.config=tiny", f"--data.tokenizer={tiny_backbone_dir}",
+                 f"--data.train_files=[{corpus}]", "--data.validation_documents=0",
+                 "--data.max_seq_length=64", "--data.batch_size=4", "--trainer.max_steps=10",
+                 "--model.learning_rate=1e-3", *schedule, *QUICK]) == 0
+    assert logged_rates(tmp_path / "runs" / "pretrain" / "version_0") == pytest.approx(
+        expected, rel=1e-6)
+
+
+def test_an_unknown_scheduler_is_refused_by_the_command_line(tiny_backbone_dir, tmp_path,
+                                                              monkeypatch, capsys):
+    from bertzoo.cli import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.tsv").write_text("sentence\tlabel\na b\t0\nc d\t1\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", "classification", "--model.config=tiny",
+              "--model.scheduler=cosin", "--data.train_file=x.tsv"])
+    err = capsys.readouterr().err
+    assert 'Parser key "model.scheduler"' in err and "Got value: cosin" in err
+    assert main(["fit", "--task", "classification", "--model.config=tiny",
+                 "--model.decay_fraction=1.5", "--data.train_file=x.tsv",
+                 "--data.tokenizer=" + str(tiny_backbone_dir)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "bertzoo fit: error: model.decay_fraction must be in (0, 1] (the share of the steps "
+        "warmup_stable_decay decays over), got 1.5")
