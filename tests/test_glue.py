@@ -257,7 +257,11 @@ def test_a_failing_task_is_reported_and_resume_runs_only_the_rest(tiny_backbone_
     assert (tmp_path / "out" / "RTE.tsv").is_file()
 
 
-def test_unknown_task_names_are_refused():
+def test_unknown_task_names_are_refused(capsys):
+    assert main(["glue", "--model.backbone", "my-bert", "--tasks", "cola,sts"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "bertzoo glue: error: --tasks: unknown GLUE task(s) sts; the tasks are cola, sst2, "
+        "mrpc, stsb, qqp, mnli, qnli, rte, wnli")
     with pytest.raises(glue.GlueError, match=r"--tasks: unknown GLUE task\(s\) sts; the tasks "
                                              r"are cola, sst2, mrpc, stsb, qqp, mnli, qnli, "
                                              r"rte, wnli"):
