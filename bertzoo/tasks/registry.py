@@ -50,6 +50,9 @@ class TaskSpec:
         recipe: Path of a default recipe YAML, if the task ships one.
         monitor: Metric the checkpoint callback watches, e.g. "val/accuracy".
         monitor_mode: "max" or "min" for `monitor`.
+        inputs: The task's raw-input schema (`bertzoo.tasks.inputs.RawInputs`): what
+            `bertzoo.load(...)` and `bertzoo serve` accept for it. None: the task can be
+            trained and run with `bertzoo predict`, but not loaded for inference.
     """
 
     name: str
@@ -60,6 +63,7 @@ class TaskSpec:
     recipe: str | None = None
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    inputs: Any = None  # a bertzoo.tasks.inputs.RawInputs
 
     def validate(self, entry_point_name: str | None = None) -> None:
         from lightning import LightningDataModule
@@ -82,6 +86,11 @@ class TaskSpec:
             problems.append("example_data must be callable")
         if self.monitor_mode not in ("min", "max"):
             problems.append(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
+        if self.inputs is not None:
+            from bertzoo.tasks.inputs import RawInputs
+            problems += (self.inputs.validate() if isinstance(self.inputs, RawInputs)
+                         else [f"inputs must be a bertzoo.tasks.inputs.RawInputs, got "
+                               f"{_describe(self.inputs)}"])
         if problems:
             raise TypeError("; ".join(problems))
 

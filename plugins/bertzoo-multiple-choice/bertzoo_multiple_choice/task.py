@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from bertzoo.data import pad_to
 from bertzoo.tasks import DataError, TaskDataModule, TaskModule, TaskSpec
+from bertzoo.tasks import inputs
 from bertzoo.tokenizer import special_ids
 
 
@@ -227,6 +228,37 @@ def example_data(folder: Path) -> dict[str, Any]:
             "test_file": str(files["dev"]), "predict_file": str(files["dev"])}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """{"context": ..., "choices": [two or more texts]}."""
+    value = inputs.fields(value, ("context", "choices"))
+    return {"context": inputs.text(value["context"], "context"),
+            "choices": inputs.texts(value["choices"], "choices", minimum=2)}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict rows of `example_data` as raw inputs: the start of the answer (SWAG's
+    sent2) goes in front of every choice, as the data module puts it there."""
+    data = MultipleChoiceDataModule(**data_args)
+    raw = []
+    for row in data.raw("predict"):
+        lead = row[data.question_column] if data.question_column else ""
+        choices = (row[data.choices_column] if data.choices_column
+                   else [row[c] for c in data.choice_columns])
+        raw.append({"context": row[data.context_column],
+                    "choices": [f"{lead} {choice}".strip() for choice in choices]})
+    return raw
+
+
+RAW_INPUTS = inputs.RawInputs(
+    description='{"context": ..., "choices": [two or more texts]}',
+    json_schema={"type": "object", "required": ["context", "choices"],
+                 "additionalProperties": False,
+                 "properties": {"context": {"type": "string"},
+                                "choices": {"type": "array", "items": {"type": "string"},
+                                            "minItems": 2}}},
+    to_row=input_row, examples=example_inputs,
+    data={"context_column": "context", "question_column": None, "choices_column": "choices"})
+
 TASK = TaskSpec(
     name="multiple_choice",
     description="Multiple choice (SWAG-style): score each (context, choice) pair, softmax",
@@ -235,4 +267,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/accuracy",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )
