@@ -360,6 +360,8 @@ def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]
     trained on; a pair for a single-text model (or the reverse) is an error."""
     text_column = data.get("text_column", "sentence")
     pair_column = data.get("text_pair_column")
+    if not isinstance(value, (str, dict)):
+        raise inputs.InputError("", 'a text, or {"text": ..., "text_pair": ...}', value)
     if isinstance(value, str):
         first, second = value, None
     else:

@@ -34,8 +34,14 @@ class InputError(ValueError):
         return InputError(where, self.expected, self.found)
 
 
+class Found(str):
+    """What was found, already in words ("200000 characters"): shown as is."""
+
+
 def describe(value: Any) -> str:
     """A value as an error message shows it: its JSON type, and the value when short."""
+    if isinstance(value, Found):
+        return str(value)
     if value is MISSING:
         return "nothing (the key is missing)"
     kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",

@@ -495,6 +495,8 @@ def example_data(folder: Path) -> dict[str, Any]:
 
 def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
     """A text (split into words as BERT's pre-tokenizer does) or {"tokens": [words]}."""
+    if not isinstance(value, (str, dict)):
+        raise inputs.InputError("", 'a text, or {"tokens": [words]}', value)
     if isinstance(value, str):
         return {"text": value}
     value = inputs.fields(value, ("tokens",))
