@@ -83,30 +83,31 @@ def sample_inputs(predictor: Predictor) -> list[Any]:
     one (`like=`)."""
     import inspect
     spec = predictor.spec
-    folder = Path(tempfile.mkdtemp(prefix="bertzoo-onnx-"))
-    if "like" in inspect.signature(spec.example_data).parameters:
-        data_args = spec.example_data(folder, like=predictor.data_args)
-    else:
-        data_args = spec.example_data(folder)
-    return spec.inputs.examples(data_args)
+    with tempfile.TemporaryDirectory(prefix="bertzoo-onnx-") as folder:
+        if "like" in inspect.signature(spec.example_data).parameters:
+            data_args = spec.example_data(Path(folder), like=predictor.data_args)
+        else:
+            data_args = spec.example_data(Path(folder))
+        return spec.inputs.examples(data_args)
 
 
-def graph_signature(predictor: Predictor, batch: dict[str, Any]):
+def graph_signature(module: nn.Module, batch: dict[str, Any]):
     """(input names, output names, "tensor" | "dict") of the module's forward on `batch`."""
+    task = type(module).__qualname__
     recording = _RecordingBatch(batch)
     with torch.inference_mode():
-        out = predictor.module(recording)
+        out = module(recording)
     inputs = [k for k in FIRST_INPUTS if k in recording.read]
     inputs += [k for k in recording.read if k not in inputs]
     lists = [k for k in inputs if not isinstance(batch[k], torch.Tensor)]
     if lists:
-        raise TypeError(f"task {predictor.task!r}: its forward reads {lists}, which are not "
+        raise TypeError(f"{task}: its forward reads {lists}, which are not "
                         f"tensors; an ONNX graph takes tensors only")
     if isinstance(out, torch.Tensor):
         return inputs, ["logits"], "tensor"
     if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()):
         return inputs, list(out), "dict"
-    raise TypeError(f"task {predictor.task!r}: its forward returns {type(out).__name__}; an "
+    raise TypeError(f"{task}: its forward returns {type(out).__name__}; an "
                     f"ONNX export needs a tensor or a dict of tensors")
 
 
@@ -121,6 +122,28 @@ def max_difference(ours: torch.Tensor, theirs: torch.Tensor, attention_mask: tor
     if not keep.any():
         return 0.0
     return float((ours[keep].double() - theirs[keep].double()).abs().max())
+
+
+def export_graph(module: nn.Module, sample: dict[str, Any], path: Path,
+                 opset: int | None = None):
+    """Write the task module's forward as an ONNX graph traced on the batch `sample`, every
+    axis of every input dynamic; return the traced wrapper, the input and output names and the
+    output structure."""
+    inputs, outputs, structure = graph_signature(module, sample)
+    graph = _Graph(module, inputs, None if structure == "tensor" else outputs).eval()
+    args = tuple(sample[name] for name in inputs)
+    dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in range(sample[name].ndim)}
+                    for name in inputs)
+    from unittest import mock
+    with warnings.catch_warnings(), torch.no_grad(), \
+            mock.patch.object(bertzoo.model, "Packing", _PaddedPacking):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
+                                    output_names=outputs, dynamic_shapes=(dynamic,),
+                                    opset_version=opset, verbose=False)
+    program.optimize()
+    atomic_write(path, lambda tmp: program.save(tmp))
+    return graph, inputs, outputs, structure
 
 
 def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike,
@@ -140,23 +163,10 @@ def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike,
     batches = list(batches)
     # The largest batch traces best: no axis of size 1 that the exporter could specialise.
     sample = max(batches, key=lambda b: b["input_ids"].numel())
-    inputs, outputs, structure = graph_signature(predictor, sample)
-    graph = _Graph(module, inputs, None if structure == "tensor" else outputs).eval()
-    args = tuple(sample[name] for name in inputs)
-    dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in range(sample[name].ndim)}
-                    for name in inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / ONNX_MODEL
-    from unittest import mock
-    with warnings.catch_warnings(), torch.no_grad(), \
-            mock.patch.object(bertzoo.model, "Packing", _PaddedPacking):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
-                                    output_names=outputs, dynamic_shapes=(dynamic,),
-                                    opset_version=opset, verbose=False)
-    program.optimize()
-    atomic_write(model_path, lambda tmp: program.save(tmp))
+    graph, inputs, outputs, structure = export_graph(module, sample, model_path, opset)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
         atomic_write(model_path, lambda tmp: quantize_dynamic(
