@@ -17,6 +17,8 @@ _LAZY = {
     "PretrainingDataModule": "bertzoo.pretraining",
     "TaskModule": "bertzoo.tasks.base",
     "TaskDataModule": "bertzoo.tasks.base",
+    "load": "bertzoo.inference",
+    "Predictor": "bertzoo.inference",
 }
 
 

@@ -216,3 +216,15 @@ def test_bench_onnx_section_runs(capsys):
     row = [line for line in capsys.readouterr().out.splitlines()
            if line.startswith("| onnx |")]
     assert len(row) == 1 and "onnxruntime vs bertzoo eager" in row[0], row
+
+
+def test_transformers_pipeline_reads_a_classification_export(trained, tmp_path):
+    """What the README shows: `transformers.pipeline` on an export answers as bertzoo does."""
+    from transformers import pipeline
+    task = trained("classification")
+    folder = export(task.checkpoint, tmp_path / "export")
+    classify = pipeline("text-classification", model=str(folder), device="cpu")
+    ours = load(folder)(task.inputs)
+    for answer, row in zip(classify(task.inputs), ours):
+        assert answer["label"] == row["label"]
+        assert math.isclose(answer["score"], row["probabilities"][row["label"]], abs_tol=1e-4)
