@@ -111,6 +111,18 @@ def graph_signature(module: nn.Module, batch: dict[str, Any]):
                     f"ONNX export needs a tensor or a dict of tensors")
 
 
+def with_padding(batch: dict[str, Any], inputs: list[str], pad_id: int, extra: int = 3
+                 ) -> dict[str, Any]:
+    """`batch` with `extra` more padding positions on every token-shaped input."""
+    shape = batch["input_ids"].shape
+    padded = dict(batch)
+    for name in inputs:
+        if batch[name].shape == shape:
+            fill = pad_id if name == "input_ids" else 0
+            padded[name] = torch.nn.functional.pad(batch[name], (0, extra), value=fill)
+    return padded
+
+
 def max_difference(ours: torch.Tensor, theirs: torch.Tensor, attention_mask: torch.Tensor
                    ) -> float:
     """max |ours - theirs| over the real tokens: per-token outputs at padding positions are
@@ -173,8 +185,11 @@ def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike,
             str(model_path), tmp, weight_type=QuantType.QInt8))
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     difference = 0.0
+    pad_id = predictor.tokenizer.token_to_id("[PAD]") or 0
+    # Each batch also with more padding: examples of equal lengths would not test the mask.
+    checked = batches + [with_padding(b, inputs, pad_id) for b in batches]
     with torch.inference_mode():
-        for batch in batches:
+        for batch in checked:
             expected = graph(*(batch[name] for name in inputs))
             got = session.run(outputs, {name: batch[name].numpy() for name in inputs})
             for ours, theirs in zip(expected, got):
