@@ -40,14 +40,26 @@ def fake_cache(cache: Path, repo_id: str, backbone: Path, weights: str) -> Path:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # huggingface_hub reads HF_HUB_OFFLINE once, when it is imported; a variable set later
+    # (here, or by a program before it calls bertzoo) must still keep bertzoo off the network.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "hub"
 
 
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
-def test_offline_hit_reads_the_local_cache(cache, tiny_backbone_dir, weights):
+def test_offline_hit_reads_the_local_cache(cache, tiny_backbone_dir, weights, monkeypatch):
     snapshot = fake_cache(cache, "someorg/tiny-bert", tiny_backbone_dir, weights)
+    calls = []
+    real = huggingface_hub.snapshot_download
+
+    def spy(repo_id, **kwargs):  # a network error would also fall back to the cache: ask
+        calls.append(kwargs)     # huggingface_hub for the cache alone
+        return real(repo_id, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
     assert resolve("someorg/tiny-bert") == snapshot
+    assert [c.get("local_files_only") for c in calls] == [True]
     encoder = BertEncoder.from_pretrained("someorg/tiny-bert")
     expected = BertEncoder.from_pretrained(tiny_backbone_dir)
     for key, value in expected.state_dict().items():
