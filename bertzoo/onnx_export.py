@@ -29,7 +29,7 @@ import bertzoo.model
 
 from bertzoo.checkpoint import atomic_write
 from bertzoo.export import TASK_RECORD
-from bertzoo.inference import ONNX_MODEL, Predictor, load, require_extra
+from bertzoo.inference import ONNX_MODEL, Predictor, load, quiet_datasets, require_extra
 from bertzoo.tokenizer import save_tokenizer
 
 FIRST_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -171,8 +171,8 @@ def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike,
     predictor = load(source, device="cpu", batch_size=8)
     module = predictor.module.eval()
     rows = predictor.rows(sample_inputs(predictor))
-    _, batches = predictor.batches(rows)
-    batches = list(batches)
+    with quiet_datasets():
+        batches = list(predictor.batches(rows)[1])
     # The largest batch traces best: no axis of size 1 that the exporter could specialise.
     sample = max(batches, key=lambda b: b["input_ids"].numel())
     out_dir = Path(out_dir)
