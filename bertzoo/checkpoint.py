@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from bertzoo.config import BertConfig, ConfigError
 from bertzoo.files import (CKPT_KEY, CheckpointError, atomic_write, describe_load_error,
-                           read_lightning_checkpoint, read_torch_file)
+                           read_lightning_checkpoint, read_torch_file, resolve)
+from bertzoo.tokenizer import save_tokenizer
 
 log = logging.getLogger("bertzoo")
 
@@ -168,55 +169,6 @@ def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
                           f"(or a sharded index) next to config.json; found {present}")
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A local file/folder as is; otherwise a Hugging Face Hub id, downloaded into (or, with
-    a truthy HF_HUB_OFFLINE, looked up in) the local Hugging Face cache."""
-    local = Path(path).expanduser()
-    if local.exists():
-        return local
-    text = str(path)
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) and not text.startswith(".")
-    if looks_like_hub_id:
-        return _from_hub(text)
-    raise FileNotFoundError(f"no such file or folder: {text} (expected a Hugging Face BERT folder, "
-                            f"a bertzoo export folder or a Lightning .ckpt file)")
-
-
-HUB_FILES = ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-             "special_tokens_map.json"]
-HUB_SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
-# Many classic BERTs (bert-base-cased, ...) have PyTorch weights only.
-HUB_PYTORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it: 1/ON/YES/TRUE (any case) mean offline."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _from_hub(repo_id: str) -> Path:
-    """The snapshot folder of a Hub model: BERT's config, tokenizer and weights (safetensors,
-    else pytorch_model.bin). Offline, only the local cache is read."""
-    from huggingface_hub import snapshot_download
-    offline = hub_offline()
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_SAFETENSORS,
-                                        local_files_only=offline))
-        if not offline and not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_PYTORCH_BIN))
-        return folder
-    except Exception as err:
-        if offline:
-            raise FileNotFoundError(
-                f"no such file or folder: {repo_id}, and the Hugging Face Hub model {repo_id!r} "
-                f"is not in the local cache (offline mode: HF_HUB_OFFLINE="
-                f"{os.environ.get('HF_HUB_OFFLINE')}); download it once online, or unset "
-                f"HF_HUB_OFFLINE") from err
-        raise FileNotFoundError(
-            f"{repo_id!r} is neither a local file or folder nor a Hugging Face Hub model that "
-            f"could be downloaded ({type(err).__name__}: {err})") from err
-
-
 def _split_module_state(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     """From a LightningModule's state dict, the encoder's and pretraining heads' parameters
     under bertzoo names, wherever the module keeps the encoder (`encoder.`, `model.encoder.`)."""
@@ -277,41 +229,6 @@ def load_into(module: nn.Module, state: dict[str, Tensor], source: str,
     return missing
 
 
-def load_encoder(path: str | os.PathLike):
-    """`BertEncoder.from_pretrained`: the encoder from any supported checkpoint."""
-    from bertzoo.model import BertEncoder
-    config, state, source = load_state(path)
-    encoder = BertEncoder(config)
-    initialised = load_into(encoder, state, source, optional=("pooler.",))
-    if initialised:
-        log.warning("%s has no pooler; it was initialised (fine-tune before using pooler_output)",
-                    source)
-    return encoder.eval()
-
-
-def load_pretraining_model(path: str | os.PathLike):
-    """`BertForPreTraining.from_pretrained`: encoder and heads; absent heads are initialised."""
-    from bertzoo.model import BertEncoder, BertForPreTraining
-    config, state, source = load_state(path)
-    encoder = BertEncoder(config)
-    load_into(encoder, state, source, optional=("pooler.",))
-    model = BertForPreTraining(config, encoder=encoder)
-    initialised = _load_heads(model, state, source)
-    if initialised:
-        log.warning("%s lacks %s; initialised (the MLM decoder stays tied to the word "
-                    "embeddings)", source, ", ".join(sorted({k.split(".")[0] for k in initialised})))
-    return model.eval()
-
-
-def _load_heads(model, state: dict[str, Tensor], source: str) -> list[str]:
-    missing: list[str] = []
-    for name in ("mlm_head", "nsp_head"):
-        head = getattr(model, name)
-        missing += [f"{name}.{k}" for k in load_into(head, state, source, prefix=name + ".",
-                                                     optional=("",))]
-    return missing
-
-
 # ----------------------------------------------------------------------------------- writing
 def save_pretrained(directory: str | os.PathLike, encoder, tokenizer=None, heads=None,
                     extra_state: dict[str, Tensor] | None = None,
@@ -351,11 +268,10 @@ def save_pretrained(directory: str | os.PathLike, encoder, tokenizer=None, heads
     atomic_write(directory / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     if tokenizer is not None:
-        from bertzoo.tokenizer import save_tokenizer
         save_tokenizer(tokenizer, directory, model_max_length=encoder.config.max_position_embeddings)
     return directory
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_encoder", "load_pretraining_model",
+__all__ = ["CKPT_KEY", "CheckpointError", "ConfigError", "describe_load_error",
            "save_pretrained", "to_hf_state_dict", "from_hf_state_dict", "read_weights",
            "read_lightning_checkpoint", "load_state", "load_into", "atomic_write", "resolve"]

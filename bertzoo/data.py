@@ -143,20 +143,3 @@ def pad_to(values: Sequence[Sequence[int]], pad_value: int, multiple_of: int | N
         out[row, : len(value)] = torch.as_tensor(value, dtype=torch.long)
     return out
 
-
-def pad_batch(rows: Sequence[dict[str, Any]], pad_token_id: int,
-              multiple_of: int | None = None, label_keys: Sequence[str] = (),
-              label_pad: int = -100) -> dict[str, torch.Tensor]:
-    """Collate tokenized rows (`input_ids`, optional `token_type_ids`, and per-token label keys)
-    into padded tensors with an `attention_mask`."""
-    input_ids = [r["input_ids"] for r in rows]
-    batch = {"input_ids": pad_to(input_ids, pad_token_id, multiple_of)}
-    length = batch["input_ids"].shape[1]
-    batch["attention_mask"] = pad_to([[1] * len(r) for r in input_ids], 0, length=length)
-    if "token_type_ids" in rows[0]:
-        batch["token_type_ids"] = pad_to([r["token_type_ids"] for r in rows], 0, length=length)
-    else:
-        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
-    for key in label_keys:
-        batch[key] = pad_to([r[key] for r in rows], label_pad, length=length)
-    return batch

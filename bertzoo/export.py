@@ -18,6 +18,7 @@ from pathlib import Path
 from bertzoo.checkpoint import (CKPT_KEY, atomic_write, load_into, load_state, read_lightning_checkpoint,
                                 resolve, save_pretrained)
 from bertzoo.model import BertEncoder, BertForPreTraining
+from bertzoo.tokenizer import TokenizerError, load_tokenizer
 
 log = logging.getLogger("bertzoo")
 
@@ -37,7 +38,6 @@ def _module_class(path: str | None):
 def export(source: str | os.PathLike, out_dir: str | os.PathLike,
            encoder_only: bool = False) -> Path:
     """Write `source` (a bertzoo `.ckpt`, export folder or HF BERT folder) to `out_dir`."""
-    from bertzoo.tokenizer import TokenizerError, load_tokenizer
     path = resolve(source)
     config, state, where = load_state(path)
     ckpt = read_lightning_checkpoint(path) if path.is_file() else None

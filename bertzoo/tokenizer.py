@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from bertzoo.files import CKPT_KEY, atomic_write, read_lightning_checkpoint, resolve
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
@@ -95,7 +97,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     Truncation and padding stored in a tokenizer.json are switched off: callers choose them per
     call, as Hugging Face's tokenizers do.
     """
-    from bertzoo.checkpoint import CKPT_KEY, read_lightning_checkpoint, resolve
     path = resolve(path)
     if path.is_file() and path.suffix == ".ckpt":
         info = read_lightning_checkpoint(path)[CKPT_KEY]
@@ -179,7 +180,6 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike,
                    model_max_length: int = 512) -> None:
     """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json, the
     files Hugging Face's `BertTokenizer(Fast).from_pretrained` reads."""
-    from bertzoo.checkpoint import atomic_write
     directory = Path(directory)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     by_id = sorted(vocab.items(), key=lambda item: item[1])

@@ -57,3 +57,18 @@ def tiny_backbone_dir(tmp_path_factory) -> Path:
     """A random 2-layer, width-32 BERT with a 200-token WordPiece vocabulary, HF layout."""
     from bertzoo.testing import tiny_backbone
     return tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"))
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> dict[str, int]:
+    """How often the backward of each of bertzoo.ops' autograd Functions ran, by class name: a
+    test of the kernels shows with it that they did run."""
+    from bertzoo.ops import attention, dropout, tied
+    counts: dict[str, int] = {}
+    for function in (dropout._MaskedScale, attention._DropoutAttention, tied._TiedLookup,
+                     tied._TiedProjection):
+        def counting(ctx, *grads, _backward=function.backward, _name=function.__name__):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _backward(ctx, *grads)
+        monkeypatch.setattr(function, "backward", staticmethod(counting))
+    return counts

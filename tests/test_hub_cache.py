@@ -13,7 +13,8 @@ import torch
 from huggingface_hub import constants
 
 from bertzoo import BertEncoder
-from bertzoo.checkpoint import hub_offline, read_weights, resolve
+from bertzoo.checkpoint import read_weights
+from bertzoo.files import hub_offline, resolve
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -4,13 +4,15 @@ import torch
 from torch.testing import assert_close
 
 from bertzoo import BertConfig, BertForPreTraining
-from bertzoo.model import dropout
+from bertzoo.model import Dropout
+from bertzoo.ops import dropout_add, keep_mask
+from bertzoo.ops.attention import _DropoutAttention
 
 
 def test_dropout_statistics_scale_and_gradient():
     torch.manual_seed(0)
     x = torch.ones(1000, 1000, requires_grad=True)
-    y = dropout(x, 0.1, training=True)
+    y = dropout_add(x, 0.1)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.9) < 0.002
     assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
@@ -21,11 +23,18 @@ def test_dropout_statistics_scale_and_gradient():
 
 def test_dropout_is_identity_in_eval_and_reproducible_under_a_seed():
     x = torch.randn(64, 64)
-    assert dropout(x, 0.1, training=False) is x
+    module = Dropout(0.1)
+    module.kernel = dropout_add
+    assert module.eval()(x) is x
     torch.manual_seed(3)
-    a = dropout(x, 0.3, training=True)
+    a = module.train()(x)
     torch.manual_seed(3)
-    b = dropout(x, 0.3, training=True)
+    b = dropout_add(x, 0.1)
+    assert torch.equal(a, b)  # the module runs its kernel in training mode
+    torch.manual_seed(3)
+    a = dropout_add(x, 0.3)
+    torch.manual_seed(3)
+    b = dropout_add(x, 0.3)
     assert torch.equal(a, b)
     assert abs((a == 0).float().mean().item() - 0.3) < 0.03
 
@@ -44,12 +53,12 @@ def test_training_mode_with_padding_is_finite_and_matches_padded_path_without_dr
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    # Without dropout the training-mode (unfused attention) path equals eval (SDPA).
+    # Without dropout the training-mode path (bertzoo.ops' attention Function on CPU, selected
+    # at p = 0 too) equals eval (SDPA).
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     torch.manual_seed(0)
     model = BertForPreTraining(config)
-    for layer in model.encoder.layers:
-        layer.attention.dropout_p = 1e-12  # force the unfused branch with a no-op dropout
+    assert all(layer.attention.kernel is not None for layer in model.encoder.layers)
     train_loss = model.train()(ids, mask, mlm_labels=labels).mlm_loss
     eval_loss = model.eval()(ids, mask, mlm_labels=labels).mlm_loss
     assert_close(train_loss, eval_loss, atol=1e-5, rtol=1e-5)
@@ -110,7 +119,6 @@ def test_compile_in_training_mode_keeps_dropout_outputs_and_gradients():
 def test_cpu_training_attention_equals_its_autograd_composition_forward_and_backward():
     """`_DropoutAttention` (hand-written backward, no mask saved) against the same math left to
     autograd, with one dropout mask, padded keys and float64."""
-    from bertzoo.model import _DropoutAttention, keep_mask
     torch.manual_seed(0)
     B, T, nh, hd, p = 3, 7, 2, 4, 0.25
     qkv = torch.randn(B, T, 3 * nh * hd, dtype=torch.float64, requires_grad=True)
@@ -141,15 +149,15 @@ def test_dropout_with_residual_is_one_sum_with_both_gradients():
     x = torch.randn(50, 40, requires_grad=True)
     residual = torch.randn(50, 40, requires_grad=True)
     torch.manual_seed(1)
-    y = dropout(x, 0.2, training=True, residual=residual)
+    y = dropout_add(x, 0.2, residual)
     torch.manual_seed(1)
-    alone = dropout(x, 0.2, training=True)  # the same mask from the same seed
+    alone = dropout_add(x, 0.2)  # the same mask from the same seed
     assert_close(y, residual + alone)
     grad = torch.randn_like(y)
     gx, gr = torch.autograd.grad(y, (x, residual), grad)
     assert torch.equal(gr, grad)
     assert_close(gx, grad * (alone != 0) / 0.8)
-    assert torch.equal(dropout(x, 0.2, training=False, residual=residual), residual + x)
+    assert torch.equal(Dropout(0.2).eval()(x, residual=residual), residual + x)
 
 
 def test_pretraining_word_embedding_gradient_equals_autograd_through_the_plain_lookup():

@@ -3,12 +3,15 @@
 Both the unpadded path (the default) and the padded path are held to the same tolerance.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
 from torch.testing import assert_close
 
-from bertzoo import BertConfig, BertEncoder, BertForPreTraining
+from bertzoo import BertConfig, BertEncoder, BertForPreTraining, ops
+from bertzoo.checkpoint import to_hf_state_dict
 
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog.", "It was not amused."),
@@ -47,19 +50,24 @@ def test_minilm_matches_transformers(minilm_pair, unpad, pairs):
 
 
 def test_unpadded_equals_padded_in_training_mode_gradients(minilm_pair):
-    """Same loss and gradients through both paths (dropout off so they are comparable)."""
+    """Same loss and gradients through both paths in training mode (on CPU: bertzoo.ops'
+    training kernels), dropout off so they are comparable."""
     ours, _, tokenizer = minilm_pair
+    config = dataclasses.replace(ours.config, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)
+    model = BertEncoder(config)
+    model.load_state_dict(ours.state_dict())
+    model.train()
+    assert model.selected_kernels is ops.CPU
     batch = tokenizer([s for s, _ in SENTENCES], padding=True, return_tensors="pt")
     grads = []
     for unpad in (True, False):
-        ours.zero_grad()
-        ours.unpad = unpad
-        out = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        model.zero_grad()
+        model.unpad = unpad
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         real = batch["attention_mask"].bool()
         (out.last_hidden_state[real].pow(2).mean() + out.pooler_output.sum()).backward()
-        grads.append({n: p.grad.clone() for n, p in ours.named_parameters()})
-    ours.zero_grad()
-    ours.unpad = True
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -154,3 +162,48 @@ def test_mlm_loss_only_at_labelled_positions_matches_full_logits():
     assert out.mlm_logits.shape == (3, 100)
     assert_close(out.mlm_loss, expected)
     assert_close(out.loss, out.mlm_loss + out.nsp_loss)
+
+
+def test_cpu_training_step_matches_transformers_loss_and_every_gradient(tmp_path, kernel_calls):
+    """The CPU training path (one-pass dropout, the attention Function, the tied word gradient)
+    against transformers.BertForPreTraining in training mode, dropout 0: the loss and the
+    gradient of every parameter. Each kernel's backward is counted, so the test shows they ran."""
+    hf_config = transformers.BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, intermediate_size=128,
+                                        max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    reference = transformers.BertForPreTraining(hf_config)
+    reference.save_pretrained(tmp_path)
+    ours = BertForPreTraining.from_pretrained(tmp_path).train()
+    reference.train()
+    assert ours.encoder.selected_kernels is ops.CPU
+
+    input_ids, attention_mask, token_type_ids = _inputs()
+    input_ids[0, 4] = 0  # a [PAD] id inside the attention mask: its row gets no lookup gradient
+    labels = torch.full_like(input_ids, -100)
+    for row, position, token in ((0, 1, 7), (0, 4, 8), (0, 9, 9), (1, 3, 10), (1, 13, 11),
+                                 (2, 5, 12)):
+        labels[row, position] = token
+    nsp_labels = torch.tensor([0, 1, 0])
+    got = ours(input_ids, attention_mask, token_type_ids, mlm_labels=labels,
+               nsp_labels=nsp_labels)
+    got.loss.backward()
+    want = reference(input_ids=input_ids, attention_mask=attention_mask,
+                     token_type_ids=token_type_ids, labels=labels,
+                     next_sentence_label=nsp_labels)
+    want.loss.backward()
+    layers = hf_config.num_hidden_layers
+    assert kernel_calls == {"_MaskedScale": 2 * layers, "_DropoutAttention": layers,
+                            "_TiedLookup": 1, "_TiedProjection": 1}, kernel_calls
+
+    assert_close(got.loss, want.loss, atol=1e-5, rtol=0)
+    our_grads = to_hf_state_dict({
+        **{k: p.grad for k, p in ours.encoder.named_parameters()},
+        **{f"mlm_head.{k}": p.grad for k, p in ours.mlm_head.named_parameters()},
+        **{f"nsp_head.{k}": p.grad for k, p in ours.nsp_head.named_parameters()}})
+    # named_parameters lists each tied Parameter once (the decoder is the word embedding)
+    reference_grads = {k: p.grad for k, p in reference.named_parameters()}
+    assert set(our_grads) == set(reference_grads)
+    for name, grad in reference_grads.items():
+        assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -254,7 +254,7 @@ def test_pretraining_recipe_runs_with_tiny_overrides(recipe_path, tmp_path, corp
     model = ["--model.backbone", str(tiny_backbone_dir), "--model.config", "null"] \
         if loaded["model"].get("backbone") else ["--model.config", json.dumps(TINY_MODEL)]
     args = ["pretrain", "--config", str(recipe_path), *model,
-            "--data.train_files", str(corpus), "--data.format", "bert",
+            "--data.dataset", "null", "--data.train_files", str(corpus), "--data.format", "bert",
             "--data.tokenizer_vocab_size", "200", "--data.max_seq_length", "48",
             "--data.batch_size", "4", "--data.validation_documents", "8",
             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",

@@ -216,3 +216,74 @@ def test_cli_with_unknown_or_broken_task(site, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "task 'broken' from broken-import cannot be used" in err
     assert "No module named 'a_module_that_does_not_exist'" in err
+
+
+def test_example_data_must_accept_like(site):
+    make_distribution(site, "old-style", {"old_style": "old_style_mod:TASK"},
+                      {"old_style_mod": GOOD_MODULE.format(name="old_style") + textwrap.dedent("""
+                          def rows_only(folder):
+                              return example_data(folder)
+                          TASK = TaskSpec(name="old_style", description="no like=",
+                                          module=ClassificationModule,
+                                          datamodule=ClassificationDataModule,
+                                          example_data=rows_only)
+                          """)})
+    listed = {t.name: t for t in TaskRegistry().list()}
+    assert listed["old_style"].error == ("TypeError: example_data must accept "
+                                         "(folder, like=None)")
+
+
+def test_datamodule_must_be_a_task_data_module():
+    import lightning as L
+
+    from bertzoo.tasks import TaskSpec
+    from bertzoo.tasks.classification import TASK
+
+    class PlainData(L.LightningDataModule):
+        pass
+
+    spec = TaskSpec(name="plain", description="x", module=TASK.module, datamodule=PlainData,
+                    example_data=TASK.example_data)
+    with pytest.raises(TypeError, match=r"datamodule must be a TaskDataModule subclass, got "
+                                        r"<class '.*PlainData'>"):
+        spec.validate()
+
+
+def test_every_data_module_shares_the_bert_data_module_base():
+    from bertzoo.pretraining import PretrainingDataModule
+    from bertzoo.tasks import TaskDataModule
+    from bertzoo.training.data import BertDataModule
+    assert issubclass(PretrainingDataModule, BertDataModule)
+    assert issubclass(TaskDataModule, BertDataModule)
+    for task in TaskRegistry().list():
+        if task.spec is not None:
+            assert set(task.spec.datamodule.model_links) >= {"vocab_size"}, task.name
+
+
+def _bertzoo_imports(folder: Path) -> dict[str, set[str]]:
+    """file -> the bertzoo modules its import statements name (anywhere in the file)."""
+    import ast
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        found[path.name] = {n for n in names if n == "bertzoo" or n.startswith("bertzoo.")}
+    return found
+
+
+def test_the_example_plugin_reaches_bertzoo_only_through_bertzoo_tasks():
+    plugin = Path(__file__).resolve().parents[1] / "plugins" / "bertzoo-multiple-choice"
+    package = _bertzoo_imports(plugin / "bertzoo_multiple_choice")
+    assert package and all(names <= {"bertzoo.tasks"} for names in package.values()), package
+    tests = _bertzoo_imports(plugin / "tests")
+    # its tests: the test kit, and `bertzoo.export` for the export they compare with
+    # Hugging Face's BertForMultipleChoice
+    assert all(names <= {"bertzoo.tasks", "bertzoo.testing", "bertzoo.export"}
+               for names in tests.values()), tests
+    import bertzoo.tasks
+    for name in bertzoo.tasks.__all__:
+        assert hasattr(bertzoo.tasks, name), name

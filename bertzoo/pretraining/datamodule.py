@@ -52,17 +52,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import numpy as np
 import torch
 
 from bertzoo.config import ConfigError
 from bertzoo.data import BatchSampler, distributed_rank_and_size
+from bertzoo.files import atomic_write
 from bertzoo.pretraining.corpus import (CorpusError, documents_from_files, fingerprint,
                                         from_hf_dataset, iter_sentences)
+from bertzoo.pretraining.embedded import embedded_documents
 from bertzoo.pretraining.instances import (DocumentPool, InstanceConfig, build_instances,
                                            document_instances)
 from bertzoo.pretraining.masking import MaskingCollator
+from bertzoo.tokenizer import train_tokenizer
+from bertzoo.training.data import BertDataModule
 
 log = logging.getLogger("bertzoo")
 
@@ -247,7 +250,7 @@ class _ArrowDocuments:
 
 
 # ------------------------------------------------------------------------------ the data module
-class PretrainingDataModule(L.LightningDataModule):
+class PretrainingDataModule(BertDataModule):
     """Data for BERT pretraining: masked LM + next sentence prediction.
 
     With neither `train_files` nor `dataset`, the corpus is the embedded one: English text that
@@ -298,7 +301,6 @@ class PretrainingDataModule(L.LightningDataModule):
         seed: Seed of the held-out split, the instances, the training order and the masking.
     """
 
-    #: Values the CLI links from this data module to the same-named model arguments.
     model_links: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_length")
 
     def __init__(self, train_files: str | list[str] | None = None,
@@ -335,6 +337,8 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ConfigError(f"data.shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
+        super().__init__(tokenizer=tokenizer, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.train_files = train_files
         self.validation_files = validation_files
         self.format = format
@@ -345,18 +349,13 @@ class PretrainingDataModule(L.LightningDataModule):
         self.text_column = text_column
         self.streaming = streaming
         self.validation_documents = validation_documents
-        self.tokenizer_path = tokenizer
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.lowercase = lowercase
         self.max_seq_length = max_seq_length
         self.dupe_factor = dupe_factor
         self.pool_size = pool_size
         self.shuffle_buffer = shuffle_buffer
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.num_proc = num_proc
-        self.seed = seed
         # Validate the instance and masking options now, before anything is read.
         self.instance_config = InstanceConfig(max_seq_length=max_seq_length,
                                               short_seq_prob=short_seq_prob,
@@ -368,7 +367,6 @@ class PretrainingDataModule(L.LightningDataModule):
             pad_to_multiple_of=pad_to_multiple_of, seed=seed)
         MaskingCollator(vocab_size=8, special_ids=[0], mask_id=1, pad_id=0,
                         **self.masking_options)
-        self._tokenizer = None
         self._documents: dict[str, Any] | None = None
         self.instances: dict[str, Any] = {}
         self._collator: MaskingCollator | None = None
@@ -402,7 +400,6 @@ class PretrainingDataModule(L.LightningDataModule):
                                              self.dataset_validation_split, self.text_column,
                                              num_proc=self.num_proc)
         else:
-            from bertzoo.pretraining.embedded import embedded_documents
             train = embedded_documents(self.streaming)
         if validation is None and self.validation_documents:
             train, validation = self._hold_out(train)
@@ -450,19 +447,9 @@ class PretrainingDataModule(L.LightningDataModule):
                 f"line separates documents; in the text format each file is one document")
 
     # ---------------------------------------------------------------------------- tokenizer
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            if self.tokenizer_path:
-                from bertzoo.tokenizer import load_tokenizer
-                self._tokenizer = load_tokenizer(self.tokenizer_path)
-            else:
-                self._tokenizer = self._trained_tokenizer()
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+    def make_tokenizer(self):
+        """The tokenizer `tokenizer` names, or else one trained on the training documents."""
+        return super().make_tokenizer() if self.tokenizer_path else self._trained_tokenizer()
 
     def _trained_tokenizer(self):
         """WordPiece trained on the training documents, cached per corpus and options (one
@@ -470,9 +457,6 @@ class PretrainingDataModule(L.LightningDataModule):
         import datasets
         from filelock import FileLock
         from tokenizers import Tokenizer
-
-        from bertzoo.checkpoint import atomic_write
-        from bertzoo.tokenizer import train_tokenizer
         train = self.documents()["train"]
         corpus_key = (train._fingerprint if isinstance(train, datasets.Dataset)
                       else (self.source_name(), self.dataset_config, self.validation_documents))
@@ -601,19 +585,12 @@ class PretrainingDataModule(L.LightningDataModule):
                                  rank=rank, world_size=world_size)
 
     def _loader(self, split: str, train: bool):
-        from torchdata.stateful_dataloader import StatefulDataLoader
-        instances = self.instances[split]
         if split == "train" and self.streaming:
-            return StatefulDataLoader(self.streamed_instances(), batch_size=self.batch_size,
-                                      collate_fn=self.collator, num_workers=self.num_workers)
-        dataset = InstanceDataset(instances, fixed_epoch=None if train else 0)
-        sampler = TaggedBatchSampler(
-            len(dataset), self.batch_size if train else self.eval_batch_size, shuffle=train,
-            # every process must take the same number of training steps
-            drop_last=train and distributed_rank_and_size()[1] > 1, seed=self.seed)
-        return StatefulDataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
-                                  num_workers=self.num_workers,
-                                  persistent_workers=self.num_workers > 0)
+            return self.stateful_loader(self.streamed_instances(), self.collator,
+                                        batch_size=self.batch_size)
+        dataset = InstanceDataset(self.instances[split], fixed_epoch=None if train else 0)
+        sampler = self.batch_sampler(len(dataset), train, sampler_class=TaggedBatchSampler)
+        return self.stateful_loader(dataset, self.collator, batch_sampler=sampler)
 
     def train_dataloader(self):
         return self._loader("train", train=True)

@@ -33,6 +33,7 @@ import torch
 
 from bertzoo.config import ConfigError
 from bertzoo.model import IGNORE_INDEX
+from bertzoo.tokenizer import TokenizerError, special_ids
 
 MASKING_STREAM = 1  # separates the masking generators from the instance builder's (stream 0)
 
@@ -93,7 +94,6 @@ class MaskingCollator:
     @classmethod
     def for_tokenizer(cls, tokenizer, **kwargs) -> "MaskingCollator":
         """A collator with the special, `[MASK]`, `[PAD]` and `##` ids of a tokenizer."""
-        from bertzoo.tokenizer import TokenizerError, special_ids
         ids = special_ids(tokenizer)
         if ids.mask is None:
             raise TokenizerError("the tokenizer has no [MASK] token; masked-LM pretraining "

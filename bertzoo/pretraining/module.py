@@ -106,8 +106,7 @@ class PretrainingModule(BertModule):
             raise ConfigError("give either model.backbone (a checkpoint to continue pretraining "
                               "from) or model.config (a preset for a new model), not both")
         if backbone:
-            from bertzoo.checkpoint import load_pretraining_model
-            self.model = load_pretraining_model(backbone)
+            self.model = BertForPreTraining.from_pretrained(backbone)
             source = f"the backbone {backbone}"
         else:
             if vocab_size is None and isinstance(config, dict):

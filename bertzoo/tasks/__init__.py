@@ -1,16 +1,22 @@
-"""Tasks: the plugin registry and the base classes every task (built-in or third-party) uses."""
+"""Tasks: the plugin registry and everything a task, built-in or third-party, builds on.
 
+A task plugin imports from here alone (and from `bertzoo.testing` in its tests):
+
+    TaskSpec, register, get_task, list_tasks   the registry (entry point group `bertzoo.tasks`)
+    TaskModule, TaskDataModule                 the base classes a task subclasses
+    DataError                                  bad task data (the message names file and line)
+    PredictionWriter                           the callback that writes `bertzoo predict` output
+    pad_to                                     (B, T) tensor from rows of different lengths
+    SpecialIds, special_ids                    [PAD]/[UNK]/[CLS]/[SEP]/[MASK] ids of a tokenizer
+                                               (also `TaskDataModule.special_ids`)
+"""
+
+from bertzoo.data import pad_to
+from bertzoo.tasks.base import DataError, PredictionWriter, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import (ENTRY_POINT_GROUP, RegisteredTask, TaskError, TaskSpec,
                                     get_task, list_tasks, register)
-
-
-def __getattr__(name):  # the base classes import Lightning; load them on first use
-    if name in ("TaskModule", "TaskDataModule", "DataError", "PredictionWriter"):
-        from bertzoo.tasks import base
-        return getattr(base, name)
-    raise AttributeError(f"module 'bertzoo.tasks' has no attribute {name!r}")
-
+from bertzoo.tokenizer import SpecialIds, special_ids
 
 __all__ = ["ENTRY_POINT_GROUP", "RegisteredTask", "TaskError", "TaskSpec", "get_task",
            "list_tasks", "register", "TaskModule", "TaskDataModule", "DataError",
-           "PredictionWriter"]
+           "PredictionWriter", "pad_to", "SpecialIds", "special_ids"]

@@ -3,18 +3,21 @@
 A task — built-in or plugin — supplies only what is specific to it:
 
     TaskDataModule subclass                     TaskModule subclass
-      read_file(path)     -> datasets.Dataset      __init__: heads on top of self.encoder
-      preprocess(dataset) -> tokenized Dataset     forward(batch) -> outputs
-      label_names (if it has labels)               loss(outputs, batch) -> scalar
+      read_file(path)     -> datasets.Dataset      __init__: heads on top of self.encoder,
+      preprocess(dataset) -> tokenized Dataset       then self.init_heads(*heads)
+      label_names (if it has labels)               forward(batch) -> outputs
+      model_links: what the model is built with    loss(outputs, batch) -> scalar
                                                    build_metrics() -> MetricCollection
                                                    metric_update(outputs, batch) -> args
                                                    decode(outputs, batch) -> [row dicts]
 
-and inherits the rest: backbone loading (a bertzoo checkpoint/export or a Hugging Face folder)
-or random initialisation from a preset, AdamW with warm-up/decay and optional layer-wise
-learning-rate decay, metric logging under the same names in every stage (synced across devices
-by torchmetrics), reading CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with
-a cached `datasets.map`, length-grouped batching with dynamic padding, and prediction writing.
+and inherits the rest: the tokenizer and resumable loaders every bertzoo data module has
+(`bertzoo.training.data.BertDataModule`), backbone loading (a bertzoo checkpoint/export or a
+Hugging Face folder) or random initialisation from a preset, BERT's initialisation for the
+heads, AdamW with warm-up/decay and optional layer-wise learning-rate decay, metric logging
+under the same names in every stage (synced across devices by torchmetrics), reading
+CSV/TSV/JSON(L) files or a Hugging Face dataset, tokenizing once with a cached `datasets.map`,
+length-grouped batching with dynamic padding, and prediction writing.
 
 Optional hooks (all have defaults; added after the first version, nothing was renamed):
     TaskDataModule.encode(texts, pairs)   truncating BERT encoding of single texts or pairs
@@ -42,11 +45,11 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from bertzoo.data import BatchSampler, distributed_rank_and_size, pad_to
+from bertzoo.data import pad_to
+from bertzoo.files import atomic_write
+from bertzoo.model import init_weights
 from bertzoo.training import BertModule, build_encoder
-
-SPLITS = ("train", "validation", "test", "predict")
-
+from bertzoo.training.data import BertDataModule
 
 class DataError(ValueError):
     """Task data that cannot be used; the message names the file (and line or column)."""
@@ -87,8 +90,6 @@ class TaskModule(BertModule):
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
     train_metrics: ClassVar[bool] = True
-    #: (metric, mode) the best checkpoint is chosen by, when it differs from the TaskSpec's.
-    checkpoint_monitor: tuple[str, str] | None = None
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
                  vocab_size: int | None = None, head_dropout: float = 0.1,
@@ -112,6 +113,13 @@ class TaskModule(BertModule):
     @property
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
+
+    def init_heads(self, *heads: nn.Module) -> None:
+        """Initialise the task's head layers as BERT initialises its own
+        (`bertzoo.model.init_weights`: N(0, initializer_range) weights from the encoder's
+        config, zero biases, unit LayerNorms). Call it once the heads are built."""
+        for head in heads:
+            head.apply(lambda module: init_weights(module, self.encoder.config))
 
     # -- what a task implements
     def forward(self, batch: dict[str, Any]) -> Any:
@@ -208,7 +216,7 @@ def _dataset_fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:32]
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(BertDataModule):
     """Base data module of every task.
 
     Args:
@@ -231,8 +239,6 @@ class TaskDataModule(L.LightningDataModule):
         seed: Seed for the training order and `max_train_samples`.
     """
 
-    #: Properties of the data module that the CLI links to same-named model arguments.
-    model_links: ClassVar[tuple[str, ...]] = ("vocab_size",)
     #: Per-token label columns padded with -100 by the default collator.
     token_label_keys: ClassVar[tuple[str, ...]] = ()
     #: File suffixes `read_file` understands (for error messages).
@@ -245,45 +251,21 @@ class TaskDataModule(L.LightningDataModule):
                  eval_batch_size: int | None = None, group_by_length: bool = True,
                  pad_to_multiple_of: int | None = None, max_train_samples: int | None = None,
                  num_workers: int = 0, num_proc: int | None = None, seed: int = 42):
-        super().__init__()
+        super().__init__(tokenizer=tokenizer, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.files = {"train": train_file, "validation": validation_file, "test": test_file,
                       "predict": predict_file}
         self.dataset_name = dataset
         self.dataset_config = dataset_config
-        self.tokenizer_path = tokenizer
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_train_samples = max_train_samples
-        self.num_workers = num_workers
         self.num_proc = num_proc
-        self.seed = seed
-        self._tokenizer = None
         self._truncating_tokenizer = None
         self._raw: dict[str, Any] = {}
         self._sampled_rows: dict[str, list[int]] = {}  # split -> file row of each kept row
         self.datasets: dict[str, Any] = {}
-
-    # -- tokenizer
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            if not self.tokenizer_path:
-                raise DataError("no tokenizer: set data.tokenizer, or model.backbone (whose "
-                                "tokenizer is then used)")
-            from bertzoo.tokenizer import load_tokenizer
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.token_to_id("[PAD]")
 
     # -- reading
     def source(self, split: str) -> str:
@@ -472,22 +454,13 @@ class TaskDataModule(L.LightningDataModule):
         return [len(ids) for ids in self.datasets[split]["input_ids"]]
 
     def _loader(self, split: str, train: bool):
-        # Stateful: Lightning saves its position (and the sampler's) in every checkpoint, so a
-        # run resumed mid-epoch continues with the next batch instead of restarting the epoch.
-        from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
         dataset = self.datasets[split]
-        lengths = self.lengths(split) if self.group_by_length else None
-        sampler = BatchSampler(len(dataset), self.batch_size if train else self.eval_batch_size,
-                               shuffle=train, lengths=lengths,
-                               group_by_length=self.group_by_length,
-                               # every process must take the same number of training steps
-                               drop_last=train and distributed_rank_and_size()[1] > 1,
-                               seed=self.seed)
+        sampler = self.batch_sampler(len(dataset), train,
+                                     lengths=self.lengths(split) if self.group_by_length else None,
+                                     group_by_length=self.group_by_length)
         if split == "predict":
             sampler = _PredictionBatches(sampler)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return self.stateful_loader(dataset, self.collate, batch_sampler=sampler)
 
     def train_dataloader(self):
         return self._loader("train", train=True)
@@ -541,7 +514,6 @@ warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    from bertzoo.checkpoint import atomic_write
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 

@@ -27,6 +27,7 @@ never saw is an error naming its file and line.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertzoo.synthetic import NOUNS
 from bertzoo.tasks import inputs
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
@@ -218,8 +220,7 @@ class ClassificationModule(TaskModule):
             self.encoder.pooler = None  # unused: no parameters without gradients (DDP)
         self.multi_label_threshold = multi_label_threshold
         self.classifier = nn.Linear(self.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=self.encoder.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        self.init_heads(self.classifier)
 
     @property
     def checkpoint_monitor(self) -> tuple[str, str]:
@@ -314,9 +315,6 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
     for the generated tests. With `like` (a recipe's `data:` section) the rows follow its
     layout instead: its column names, a second text for pair tasks, numbers for regression,
     label lists for multi-label, and the format of its `train_file` (.tsv, .csv or .jsonl)."""
-    import random
-
-    from bertzoo.testing import NOUNS
     like = like or {}
     text_column = like.get("text_column", "sentence")
     pair_column = like.get("text_pair_column")
@@ -402,7 +400,6 @@ TASK = TaskSpec(
     module=ClassificationModule,
     datamodule=ClassificationDataModule,
     example_data=example_data,
-    recipe="recipes/classification/sst2.yaml",
     monitor="val/accuracy",
     monitor_mode="max",
     inputs=RAW_INPUTS,

@@ -37,6 +37,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from bertzoo.tasks.conll import split_tag
+
 Entity = tuple[str, int, int]  # (type, first token, last token), both inclusive as in seqeval
 
 
@@ -253,8 +255,6 @@ def entity_metrics(label_names: Sequence[str]):
     """A `MetricCollection`: micro precision/recall/F1, token accuracy, and precision/recall/F1
     of every entity type in `label_names`."""
     from torchmetrics import MetricCollection
-
-    from bertzoo.tasks.conll import split_tag
     types = sorted({split_tag(name)[1] for name in label_names} - {None})
     metrics = {score: EntityScore(label_names, score) for score in SCORES}
     for entity_type in types:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertzoo.config import ConfigError
+from bertzoo import synthetic
 from bertzoo.tasks import inputs
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.conll import (canonical_scheme, inside_label, read_conll, scheme_labels,
@@ -134,6 +135,7 @@ class NerDataModule(TaskDataModule):
                             f"{self.max_length - 2} (the pieces a window holds besides [CLS] "
                             f"and [SEP]), got {stride}")
         self._label_names: list[str] | None = None
+        self._label_ids_by_name: dict[str, int] | None = None
 
     # -- reading
     def read_file(self, path: str):
@@ -270,7 +272,7 @@ class NerDataModule(TaskDataModule):
 
     @property
     def _label_to_id(self) -> dict[str, int]:
-        if getattr(self, "_label_ids_by_name", None) is None:
+        if self._label_ids_by_name is None:
             self._label_ids_by_name = {label: i for i, label in enumerate(self.label_names)}
         return self._label_ids_by_name
 
@@ -373,8 +375,7 @@ class NerModule(TaskModule):
         # none); an unused parameter would also stall DDP's gradient reduction.
         self.encoder.pooler = None
         self.classifier = nn.Linear(self.hidden_size, len(self.label_names))
-        nn.init.normal_(self.classifier.weight, std=self.encoder.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        self.init_heads(self.classifier)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         hidden = self.encoder(batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -458,10 +459,10 @@ def _as_lists(values) -> list:
 
 
 # ------------------------------------------------------------------------------ registration
-def example_data(folder: Path) -> dict[str, Any]:
+def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, Any]:
     """A few CoNLL sentences with person and location entities (one of them two words long)
-    and a JSON-lines file of raw text to predict."""
-    from bertzoo.testing import NAMES, sentences
+    and a JSON-lines file of raw text to predict. Every NER recipe reads CoNLL files in this
+    layout, so `like` (a recipe's `data:` section) changes nothing."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -470,7 +471,7 @@ def example_data(folder: Path) -> dict[str, Any]:
         words = text.replace(".", " .").split()
         tags = []
         for i, word in enumerate(words):
-            if word in NAMES:
+            if word in synthetic.NAMES:
                 tags.append("B-person")
             elif i > 0 and words[i - 1] == "in":
                 tags.append("B-location")
@@ -480,9 +481,9 @@ def example_data(folder: Path) -> dict[str, Any]:
                 tags.append("O")
         return words, tags
 
-    texts = sentences(40, seed=1)
+    texts = synthetic.sentences(40, seed=1)
     examples = [tagged(t) for t in texts]
-    examples.append(tagged(f"{rng.choice(NAMES)} visits the city in Oslo harbour ."))
+    examples.append(tagged(f"{rng.choice(synthetic.NAMES)} visits the city in Oslo harbour ."))
     write_conll(folder / "train.conll", examples[:30])
     write_conll(folder / "validation.conll", examples[30:])
     (folder / "predict.jsonl").write_text(
@@ -517,8 +518,6 @@ RAW_INPUTS = inputs.RawInputs(
          "properties": {"tokens": {"type": "array", "items": {"type": "string"}}}}]},
     to_row=input_row, examples=example_inputs)
 
-_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "ner" / "wnut17.yaml"
-
 TASK = TaskSpec(
     name="ner",
     description="Named-entity recognition (token classification): IOB1/IOB2/BIOES tags, "
@@ -526,7 +525,6 @@ TASK = TaskSpec(
     module=NerModule,
     datamodule=NerDataModule,
     example_data=example_data,
-    recipe=str(_RECIPE) if _RECIPE.is_file() else None,  # a source checkout ships recipes
     monitor="val/f1",
     monitor_mode="max",
     inputs=RAW_INPUTS,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertzoo import synthetic
 from bertzoo.tasks import inputs, squad
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
@@ -176,8 +178,7 @@ class QuestionAnsweringModule(TaskModule):
         # unused parameter would also stop DDP's gradient reduction at the second step.
         self.encoder.pooler = None
         self.qa_outputs = nn.Linear(self.hidden_size, 2)  # (start, end) score of each token
-        nn.init.normal_(self.qa_outputs.weight, std=self.encoder.config.initializer_range)
-        nn.init.zeros_(self.qa_outputs.bias)
+        self.init_heads(self.qa_outputs)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         attention_mask = batch["attention_mask"]
@@ -217,12 +218,16 @@ class QuestionAnsweringModule(TaskModule):
         return (batch["index"], spans["span_score"], spans["span_start"], spans["span_end"],
                 spans["null_score"])
 
-    def _attach_references(self, stage: str, split: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "references"):
+    def references(self, split: str) -> squad.SquadReferences:
+        """The questions' ids, contexts and gold answers, from the run's `SquadDataModule`."""
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, SquadDataModule):
             raise RuntimeError("QA scoring needs the questions' contexts and gold answers: run "
                                "with a SquadDataModule (trainer.fit(model, datamodule=...))")
-        references = datamodule.references(split)
+        return datamodule.references(split)
+
+    def _attach_references(self, stage: str, split: str) -> None:
+        references = self.references(split)
         for metric in self.metrics[stage].values():
             metric.references = references
 
@@ -241,7 +246,7 @@ class QuestionAnsweringModule(TaskModule):
                 for i, index in enumerate(batch["index"].tolist())]
 
     def finalize_predictions(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        references = self.trainer.datamodule.references("predict")
+        references = self.references("predict")
         columns = {key: torch.tensor([row[key] for row in rows]) for key in
                    ("index", "span_score", "span_start", "span_end", "null_score")}
         answers = squad.combine_windows(
@@ -282,15 +287,12 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
     """A few questions in the official SQuAD v1.1 layout, with contexts long enough to need
     two windows, for the generated registry tests. With `like` (a recipe's `data:` section)
     its article selections are kept in kind but pointed at the two articles written here."""
-    import random
-
-    from bertzoo.testing import sentences
     rng = random.Random(0)
     articles = []
     for article_index in range(2):
         paragraphs = []
         for paragraph_index in range(3):
-            text = sentences(6, seed=10 * article_index + paragraph_index)
+            text = synthetic.sentences(6, seed=10 * article_index + paragraph_index)
             context = " ".join(text)
             qas = []
             for qa_index in range(3):
@@ -340,7 +342,6 @@ TASK = TaskSpec(
     module=QuestionAnsweringModule,
     datamodule=SquadDataModule,
     example_data=example_data,
-    recipe="recipes/qa/squad.yaml",
     monitor="val/f1",
     monitor_mode="max",
     inputs=RAW_INPUTS,

@@ -5,6 +5,7 @@
     [project.entry-points."bertzoo.tasks"]
     similarity = "bertzoo_similarity.task:TASK"
 
+The entry point names a `TaskSpec` (or a function without arguments that returns one).
 bertzoo's own classification, NER and QA tasks are declared the same way in bertzoo's
 pyproject.toml: there is no second path. Entry points are listed without importing anything;
 a task's module is imported the first time the task is asked for (`get_task`) or when every task
@@ -23,11 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bertzoo.tasks.base import TaskDataModule, TaskModule
+
 ENTRY_POINT_GROUP = "bertzoo.tasks"
 
 
 class TaskError(LookupError):
     """An unknown, broken or ambiguous task; the message says which and why."""
+
+
+ExampleData = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -39,16 +45,17 @@ class TaskSpec:
             entry point's name.
         description: One line for `bertzoo tasks`.
         module: The `bertzoo.tasks.TaskModule` subclass (the LightningModule).
-        datamodule: The `bertzoo.tasks.TaskDataModule` subclass.
-        example_data: `example_data(folder) -> dict` writes a few rows of valid data into
-            `folder` and returns the datamodule arguments that read them (at least
+        datamodule: The `bertzoo.tasks.TaskDataModule` subclass. Its `model_links` name the
+            values the model is built with (the vocabulary size, label names...).
+        example_data: `example_data(folder, like=None) -> dict` writes a few rows of valid
+            data into `folder` and returns the datamodule arguments that read them (at least
             `train_file` and `validation_file`; `predict_file` if prediction reads another
-            format). The generated tests (tests/test_registered_tasks.py) run every task
-            through it. It may also take a keyword `like`: a recipe's `data:` section, whose
-            layout (column names, file format) the rows should then follow
-            (tests/test_recipes.py passes it when it is accepted).
-        recipe: Path of a default recipe YAML, if the task ships one.
-        monitor: Metric the checkpoint callback watches, e.g. "val/accuracy".
+            format). `like` is None or a recipe's `data:` section, whose layout (column names,
+            file format) the rows should then follow as far as the task can; a task may ignore
+            it, but must accept it. `bertzoo.testing.check_task` (and so bertzoo's own suite)
+            runs the task on these rows; the recipe tests pass `like`.
+        monitor: Metric the checkpoint callback watches, e.g. "val/accuracy" (a module may
+            choose another through its `checkpoint_monitor`).
         monitor_mode: "max" or "min" for `monitor`.
         inputs: The task's raw-input schema (`bertzoo.tasks.inputs.RawInputs`): what
             `bertzoo.load(...)` and `bertzoo serve` accept for it. None: the task can be
@@ -59,16 +66,13 @@ class TaskSpec:
     description: str
     module: type
     datamodule: type
-    example_data: Callable[[Path], dict[str, Any]]
-    recipe: str | None = None
+    example_data: ExampleData
     monitor: str = "val/loss"
     monitor_mode: str = "min"
     inputs: Any = None  # a bertzoo.tasks.inputs.RawInputs
 
     def validate(self, entry_point_name: str | None = None) -> None:
-        from lightning import LightningDataModule
-
-        from bertzoo.tasks.base import TaskModule
+        """Raise TypeError naming every way this spec breaks the contract above."""
         problems = []
         if entry_point_name is not None and self.name != entry_point_name:
             problems.append(f"spec name {self.name!r} differs from its entry point name "
@@ -79,11 +83,13 @@ class TaskSpec:
         if not (isinstance(self.module, type) and issubclass(self.module, TaskModule)):
             problems.append(f"module must be a TaskModule subclass, got {self.module!r}")
         if not (isinstance(self.datamodule, type)
-                and issubclass(self.datamodule, LightningDataModule)):
-            problems.append(f"datamodule must be a LightningDataModule subclass, got "
+                and issubclass(self.datamodule, TaskDataModule)):
+            problems.append(f"datamodule must be a TaskDataModule subclass, got "
                             f"{self.datamodule!r}")
         if not callable(self.example_data):
             problems.append("example_data must be callable")
+        elif not _accepts(self.example_data, Path("."), like=None):
+            problems.append("example_data must accept (folder, like=None)")
         if self.monitor_mode not in ("min", "max"):
             problems.append(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
         if self.inputs is not None:
@@ -132,7 +138,7 @@ class TaskRegistry:
         if self._tasks is None:
             self._tasks = {}
             for ep in self._entry_points():
-                dist = getattr(ep, "dist", None)
+                dist = ep.dist
                 task = RegisteredTask(
                     name=ep.name, value=ep.value,
                     distribution=dist.metadata["Name"] if dist is not None else "<unknown>",
@@ -223,6 +229,17 @@ class TaskRegistry:
     def reset(self) -> None:
         self._tasks = None
         self._duplicates = {}
+
+
+def _accepts(function: Callable, *args: Any, **kwargs: Any) -> bool:
+    """Whether `function(*args, **kwargs)` matches its signature (nothing is called)."""
+    try:
+        inspect.signature(function).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): let the call tell
+        return True
+    return True
 
 
 def _describe(value: Any) -> str:

@@ -29,10 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertzoo.data import pad_to
-from bertzoo.tasks import DataError, TaskDataModule, TaskModule, TaskSpec
+from bertzoo.tasks import DataError, TaskDataModule, TaskModule, TaskSpec, pad_to
 from bertzoo.tasks import inputs
-from bertzoo.tokenizer import special_ids
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -119,7 +117,7 @@ class MultipleChoiceDataModule(TaskDataModule):
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad every row to the batch's most choices (masked), every choice to the longest."""
-        ids = special_ids(self.tokenizer)
+        ids = self.special_ids
         num_choices = max(len(row["input_ids"]) for row in rows)
         flat_ids: list[list[int]] = []
         flat_types: list[list[int]] = []
@@ -156,8 +154,7 @@ class MultipleChoiceModule(TaskModule):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.classifier = nn.Linear(self.hidden_size, 1)
-        nn.init.normal_(self.classifier.weight, std=self.encoder.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        self.init_heads(self.classifier)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         batch_size, num_choices, length = batch["input_ids"].shape  # (B, C, T)
@@ -207,9 +204,10 @@ FOLLOW_UPS = {"opens the door": "walks inside", "picks up the cup": "drinks the 
               "climbs the stairs": "reaches the top", "starts the car": "drives away"}
 
 
-def example_data(folder: Path) -> dict[str, Any]:
+def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, Any]:
     """A few rows in SWAG's CSV layout (sent1, sent2, ending0-3, label) whose right ending
-    follows from the context: the data module arguments that read them."""
+    follows from the context: the data module arguments that read them. The rows are always
+    in this layout (the plugin's recipe reads it), so `like` changes nothing."""
     rng = random.Random(0)
     files = {}
     for split, count in (("train", 16), ("dev", 8)):

@@ -1,6 +1,7 @@
-"""The multiple-choice plugin: found through its entry point, SWAG data read into (B, C, T)
-batches, rows with different numbers of choices, clear errors, and the exported head giving
-Hugging Face's `BertForMultipleChoice` the same scores."""
+"""The multiple-choice plugin: bertzoo's checks for every task (`bertzoo.testing.check_task`),
+found through its entry point, SWAG data read into (B, C, T) batches, rows with different
+numbers of choices, clear errors, and the exported head giving Hugging Face's
+`BertForMultipleChoice` the same scores."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ import pytest
 import torch
 
 from bertzoo.tasks import DataError, get_task, list_tasks
+from bertzoo.testing import check_task
 from bertzoo_multiple_choice.task import (TASK, MultipleChoiceDataModule, MultipleChoiceModule,
                                           example_data)
+
+
+def test_bertzoo_checks_every_task_passes(backbone, tmp_path):
+    """Exactly what bertzoo's own suite runs over every registered task: fit, checkpoint,
+    reload, identical predictions, predict, --help."""
+    check_task(TASK, tmp_path, backbone=backbone)
 
 
 def test_registered_only_through_its_entry_point():
