@@ -1,14 +1,15 @@
-"""`bertzoo.load`, generated over the registry (built-in tasks and installed plugins alike):
-a checkpoint, a run folder, a `bertzoo export` folder and an ONNX export each give the rows
-`bertzoo predict` writes for the task's example data (numbers within 1e-4). The ONNX graph's
-outputs carry Hugging Face's names and match PyTorch within 1e-4, also on a real BERT
-(all-MiniLM-L6-v2) and real sentences of different lengths."""
+"""`bertzoo.load` and ONNX export beyond the generated checks. The generated ones
+(`bertzoo.testing.check_load_export_onnx`, run over the registry by
+tests/test_registered_tasks.py, plugins included): a checkpoint, a run folder, a `bertzoo
+export` and an ONNX export each give the rows `bertzoo predict` writes for the task's example
+data (within 1e-4). Here: the ONNX graph against PyTorch on a real BERT (all-MiniLM-L6-v2) and
+real sentences of different lengths, int8, bad inputs, transformers.pipeline on an export,
+and the bench row."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +17,12 @@ import pytest
 import torch
 
 from bertzoo.checkpoint import CheckpointError
-from bertzoo.cli import cmd_task, main
 from bertzoo.export import TASK_RECORD, export
 from bertzoo.inference import load
 from bertzoo.onnx_export import export_onnx, max_difference
 from bertzoo.tasks.inputs import InputError
-from bertzoo.tasks.registry import REGISTRY, get_task
-
-TASK_NAMES = REGISTRY.names()
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+from bertzoo.tasks.registry import get_task
+from bertzoo.testing import TASK_CHECKS, check_load_export_onnx, expect_close, fit_and_predict
 
 
 @dataclass
@@ -43,25 +41,9 @@ class Trained:
 def train_and_predict(name: str, folder: Path, backbone: Path, **data) -> Trained:
     """One `bertzoo fit` step on the task's example data, then `bertzoo predict` from it."""
     spec = get_task(name)
-    data_args = {"batch_size": 4, **spec.example_data(folder), **data}
-    arguments = [f"--data.{k}={v if isinstance(v, str) else json.dumps(v)}"
-                 for k, v in data_args.items()]
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        cmd_task("fit", ["--task", name, f"--model.backbone={backbone}", *arguments,
-                         "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                         "--trainer.limit_val_batches=1", *QUIET])
-        assert main(["predict", "--task", name, "--ckpt_path", "last", *arguments,
-                     *QUIET]) == 0
-    finally:
-        os.chdir(cwd)
-    runs = folder / "runs" / name
-    predicted = {p.name: p.read_text() for p in (runs / "version_1").iterdir()
-                 if p.suffix in (".json", ".jsonl")}
-    assert predicted, f"{name}: bertzoo predict wrote no predictions"
-    return Trained(name, runs / "version_0", data_args, spec.inputs.examples(data_args),
-                   predicted)
+    run, predicted = fit_and_predict(spec, folder, backbone, **data)
+    return Trained(name, run, predicted["data_args"],
+                   spec.inputs.examples(predicted["data_args"]), predicted["written"])
 
 
 @pytest.fixture(scope="module")
@@ -84,74 +66,13 @@ def parse(name: str, text: str):
 
 
 def assert_close(ours, theirs, where: str = "", tolerance: float = 1e-4) -> None:
-    if isinstance(theirs, float) or isinstance(ours, float):
-        assert math.isclose(ours, theirs, rel_tol=0, abs_tol=tolerance), \
-            f"{where}: {ours} != {theirs}"
-    elif isinstance(theirs, dict):
-        assert isinstance(ours, dict) and ours.keys() == theirs.keys(), \
-            f"{where}: keys {sorted(ours)} != {sorted(theirs)}"
-        for key in theirs:
-            assert_close(ours[key], theirs[key], f"{where}.{key}", tolerance)
-    elif isinstance(theirs, list):
-        assert isinstance(ours, list) and len(ours) == len(theirs), f"{where}: lengths differ"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_close(a, b, f"{where}[{i}]", tolerance)
-    else:
-        assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
+    expect_close(ours, theirs, where, tolerance)
 
 
-def assert_predicts_like_the_cli(predictor, task: Trained) -> None:
-    """The predictor's rows, written as `bertzoo predict` writes them, equal its files."""
-    rows = predictor(task.inputs)
-    assert len(rows) == len(task.inputs)
-    written = predictor.module.prediction_files(rows)
-    assert written.keys() == task.predicted.keys()
-    for name, text in written.items():
-        assert_close(parse(name, text), parse(name, task.predicted[name]), name)
-
-
-@pytest.mark.parametrize("name", TASK_NAMES)
-def test_load_checkpoint_and_run_folder_give_the_rows_of_predict(name, trained):
-    task = trained(name)
-    predictor = load(task.checkpoint)
-    assert predictor.task == name and predictor.runtime == "pytorch"
-    assert_predicts_like_the_cli(predictor, task)
-    assert_predicts_like_the_cli(load(task.run), task)  # its best checkpoint
-
-
-@pytest.mark.parametrize("name", TASK_NAMES)
-def test_load_export_gives_the_rows_of_predict(name, trained, tmp_path):
-    task = trained(name)
-    folder = export(task.checkpoint, tmp_path / "export")
-    record = json.loads((folder / TASK_RECORD).read_text())
-    assert record["module"] == (f"{get_task(name).module.__module__}."
-                                f"{get_task(name).module.__qualname__}")
-    predictor = load(folder)
-    assert predictor.task == name
-    assert_predicts_like_the_cli(predictor, task)
-
-
-@pytest.mark.parametrize("name", TASK_NAMES)
-def test_load_onnx_export_gives_the_rows_of_predict(name, trained, tmp_path):
-    import transformers
-    task = trained(name)
-    folder, difference = export_onnx(task.checkpoint, tmp_path / "onnx")
-    print(f"{name}: ONNX max |diff| vs PyTorch {difference:.2e}")
-    assert difference <= 1e-4
-    predictor = load(folder)
-    assert predictor.task == name and predictor.runtime == "onnxruntime"
-    assert_predicts_like_the_cli(predictor, task)
-    # Outputs named as the Hugging Face head of the same export names its outputs.
-    hf = export(task.checkpoint, tmp_path / "hf")
-    architecture = json.loads((hf / "config.json").read_text())["architectures"][0]
-    reference = getattr(transformers, architecture).from_pretrained(hf).eval()
-    batch = next(predictor.batches(predictor.rows(task.inputs[:2]))[1])
-    with torch.no_grad():
-        out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        token_type_ids=batch["token_type_ids"])
-    record = json.loads((folder / TASK_RECORD).read_text())
-    assert record["onnx"]["outputs"] == [k for k in out.keys() if k != "loss"]
-    assert record["onnx"]["inputs"][:3] == ["input_ids", "attention_mask", "token_type_ids"]
+def test_every_task_is_checked_by_check_task():
+    """The generated checks (tests/test_registered_tasks.py runs TASK_CHECKS over the registry,
+    plugins included; a plugin's CI runs them with check_task) include loading and ONNX."""
+    assert check_load_export_onnx in TASK_CHECKS
 
 
 def test_int8_quantized_onnx_export_runs(trained, tmp_path):
