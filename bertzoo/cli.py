@@ -30,6 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bertzoo.tasks.registry import init_parameters  # noqa: F401 (also bertzoo.testing's)
+
 RUNS_DIR = "runs"
 TASK_COMMANDS = ("fit", "validate", "test", "predict")
 USAGE = __doc__.split("\n\n")[1]
@@ -487,21 +489,6 @@ def resolve_class(path: str | None):
             if cls.__name__ == path:
                 return cls
     return None
-
-
-def init_parameters(cls) -> set[str]:
-    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes' __init__."""
-    import inspect
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in parameters
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
 
 
 def check_links(links: tuple[str, ...], module_class, datamodule_class) -> None:

@@ -23,7 +23,6 @@ data.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import threading
@@ -39,7 +38,7 @@ from bertzoo.export import (CKPT_KEY, RUN_ONLY_DATA, SPLIT_PREFIXES, TASK_RECORD
                             run_data_arguments)
 from bertzoo.files import read_lightning_checkpoint
 from bertzoo.tasks.inputs import InputError
-from bertzoo.tasks.registry import TaskError, TaskSpec, list_tasks
+from bertzoo.tasks.registry import TaskError, TaskSpec, init_parameters, list_tasks
 
 ONNX_MODEL = "model.onnx"
 
@@ -253,20 +252,6 @@ def data_arguments(spec: TaskSpec, hparams: dict[str, Any], recorded: dict[str, 
     args.update(spec.inputs.data if spec.inputs is not None else {})
     args.update(batch_size=batch_size, eval_batch_size=batch_size, num_workers=0)
     return args
-
-
-def init_parameters(cls) -> set[str]:
-    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in parameters
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
 
 
 def _load_checkpoint(path: Path, device, batch_size: int, data) -> Predictor:

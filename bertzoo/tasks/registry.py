@@ -264,3 +264,17 @@ def get_task(name: str) -> TaskSpec:
 def register(spec: TaskSpec, distribution: str = "<in-process>") -> None:
     """Add a task without packaging it (a notebook, a test). Installed plugins use entry points."""
     REGISTRY.register(spec, distribution)
+
+
+def init_parameters(cls) -> set[str]:
+    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes' __init__."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
