@@ -76,6 +76,20 @@ class RawInputs:
     examples: Callable[[dict[str, Any]], list[Any]]
     data: dict[str, Any] = field(default_factory=dict)
 
+    # The helpers below, for a plugin's `to_row` (it imports `RawInputs` from bertzoo.tasks).
+    @staticmethod
+    def text(value: Any, field: str = "") -> str:
+        return text(value, field)
+
+    @staticmethod
+    def texts(value: Any, field: str, minimum: int = 1) -> list[str]:
+        return texts(value, field, minimum)
+
+    @staticmethod
+    def fields(value: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
+        return fields(value, required, optional)
+
     def validate(self) -> list[str]:
         problems = []
         if not isinstance(self.description, str) or not self.description.strip():

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertzoo.tasks import DataError, TaskDataModule, TaskModule, TaskSpec, pad_to
-from bertzoo.tasks import inputs
+from bertzoo.tasks import DataError, RawInputs, TaskDataModule, TaskModule, TaskSpec, pad_to
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -228,9 +227,9 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
 
 def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
     """{"context": ..., "choices": [two or more texts]}."""
-    value = inputs.fields(value, ("context", "choices"))
-    return {"context": inputs.text(value["context"], "context"),
-            "choices": inputs.texts(value["choices"], "choices", minimum=2)}
+    value = RawInputs.fields(value, ("context", "choices"))
+    return {"context": RawInputs.text(value["context"], "context"),
+            "choices": RawInputs.texts(value["choices"], "choices", minimum=2)}
 
 
 def example_inputs(data_args: dict[str, Any]) -> list[Any]:
@@ -247,7 +246,7 @@ def example_inputs(data_args: dict[str, Any]) -> list[Any]:
     return raw
 
 
-RAW_INPUTS = inputs.RawInputs(
+RAW_INPUTS = RawInputs(
     description='{"context": ..., "choices": [two or more texts]}',
     json_schema={"type": "object", "required": ["context", "choices"],
                  "additionalProperties": False,
