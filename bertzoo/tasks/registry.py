@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bertzoo.tasks.base import TaskDataModule, TaskModule
+from bertzoo.tasks.inputs import RawInputs
 
 ENTRY_POINT_GROUP = "bertzoo.tasks"
 
@@ -69,7 +70,7 @@ class TaskSpec:
     example_data: ExampleData
     monitor: str = "val/loss"
     monitor_mode: str = "min"
-    inputs: Any = None  # a bertzoo.tasks.inputs.RawInputs
+    inputs: RawInputs | None = None
 
     def validate(self, entry_point_name: str | None = None) -> None:
         """Raise TypeError naming every way this spec breaks the contract above."""
@@ -93,7 +94,6 @@ class TaskSpec:
         if self.monitor_mode not in ("min", "max"):
             problems.append(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
         if self.inputs is not None:
-            from bertzoo.tasks.inputs import RawInputs
             problems += (self.inputs.validate() if isinstance(self.inputs, RawInputs)
                          else [f"inputs must be a bertzoo.tasks.inputs.RawInputs, got "
                                f"{_describe(self.inputs)}"])
