@@ -13,6 +13,8 @@ Rows:
     finetune    a classification training step at SST-2 lengths (batch 32): against
                 transformers padded to 128 (run_glue's default) and with dynamic padding
     inference   a classification forward pass at SST-2 lengths, no gradients
+    onnx        the same forward pass exported to ONNX and run by onnxruntime, against bertzoo
+                eager in the same run (ratio > 1: onnxruntime faster; needs bertzoo[onnx])
     memory      peak resident memory of a BERT-base pretraining step, each implementation in a
                 fresh process (CUDA: peak allocated memory)
     flops       achieved GFLOP/s of the BERT-base full-row pretraining step (model FLOPs: what
@@ -326,6 +328,48 @@ def bench_classification(config, tokenizer, texts, batch_size, device, precision
     return {name: tokens / s for name, s in seconds.items()}
 
 
+def bench_onnx_inference(config, tokenizer, texts, batch_size, repeats, warmup
+                         ) -> dict[str, float]:
+    """Tokens/s of a classification forward pass (CPU), bertzoo eager against its ONNX export
+    run by onnxruntime, on the same dynamically padded batches, alternating."""
+    import tempfile
+
+    import onnxruntime
+
+    from bertzoo.onnx_export import export_graph, max_difference
+    from bertzoo.tasks.classification import ClassificationModule
+    torch.manual_seed(0)
+    module = ClassificationModule(config=config.to_dict(), vocab_size=config.vocab_size,
+                                  num_labels=2).eval()
+    batches = encode_batches(tokenizer, texts, batch_size, pad_to=None)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        _, inputs, outputs, _ = export_graph(module, batches[0], path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cursors = {"eager": -1, "onnxruntime": -1}
+
+    def batch_of(name):
+        cursors[name] += 1
+        return batches[cursors[name] % len(batches)]
+
+    def eager():
+        with torch.inference_mode():
+            module(batch_of("eager"))
+
+    def graph():
+        batch = batch_of("onnxruntime")
+        session.run(outputs, {name: batch[name].numpy() for name in inputs})
+
+    with torch.inference_mode():
+        difference = max(max_difference(module(b), torch.from_numpy(session.run(
+            outputs, {n: b[n].numpy() for n in inputs})[0]), b["attention_mask"])
+                         for b in batches[:3])
+    seconds = time_alternating({"eager": eager, "onnxruntime": graph}, repeats, warmup,
+                               torch.device("cpu"))
+    tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
+    return {**{name: tokens / s for name, s in seconds.items()}, "max_diff": difference}
+
+
 def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None:
     # bertzoo's modules apply tune_cpu_process; transformers runs with glibc's defaults, which
     # give it the lower peak (~3,300 MB against 3,615 MB with bertzoo's settings).
@@ -506,6 +550,23 @@ def run(args: argparse.Namespace) -> list[Row]:
                           f"dynamic padding", tps["ours"], tps["ref_dynamic"], note=source)
                 rows.append(row)
                 print(_format_row(row), flush=True)
+
+    if "onnx" in args.sections:
+        from bertzoo.tokenizer import load_tokenizer, train_tokenizer
+        texts, source = sst2_texts(args.sst2, args.finetune_batch_size * (args.repeats + 2))
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else train_tokenizer(
+            texts=texts, vocab_size=args.vocab_size, min_frequency=1)
+        for preset in presets:
+            config = config_for(preset)
+            config.vocab_size = tokenizer.get_vocab_size()
+            tps = bench_onnx_inference(config, tokenizer, texts, args.finetune_batch_size,
+                                       args.repeats, args.warmup)
+            row = Row("onnx", f"{preset} B={args.finetune_batch_size} onnxruntime vs bertzoo "
+                      f"eager", tps["onnxruntime"], tps["eager"],
+                      note=f"reference = bertzoo eager; max |diff| {tps['max_diff']:.1e}; "
+                           f"{source}")
+            rows.append(row)
+            print(_format_row(row), flush=True)
 
     if "memory" in args.sections:
         preset = presets[0]

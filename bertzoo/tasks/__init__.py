@@ -9,14 +9,17 @@ A task plugin imports from here alone (and from `bertzoo.testing` in its tests):
     pad_to                                     (B, T) tensor from rows of different lengths
     SpecialIds, special_ids                    [PAD]/[UNK]/[CLS]/[SEP]/[MASK] ids of a tokenizer
                                                (also `TaskDataModule.special_ids`)
+    RawInputs, InputError                      the raw inputs a trained task takes
+                                               (`TaskSpec.inputs`: bertzoo.load, serve, ONNX)
 """
 
 from bertzoo.data import pad_to
 from bertzoo.tasks.base import DataError, PredictionWriter, TaskDataModule, TaskModule
+from bertzoo.tasks.inputs import InputError, RawInputs
 from bertzoo.tasks.registry import (ENTRY_POINT_GROUP, RegisteredTask, TaskError, TaskSpec,
                                     get_task, list_tasks, register)
 from bertzoo.tokenizer import SpecialIds, special_ids
 
 __all__ = ["ENTRY_POINT_GROUP", "RegisteredTask", "TaskError", "TaskSpec", "get_task",
            "list_tasks", "register", "TaskModule", "TaskDataModule", "DataError",
-           "PredictionWriter", "pad_to", "SpecialIds", "special_ids"]
+           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "RawInputs", "InputError"]

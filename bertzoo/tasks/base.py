@@ -501,6 +501,23 @@ class TaskDataModule(BertDataModule):
     def predict_dataloader(self):
         return self._loader("predict", train=False)
 
+    # -- rows given in memory (bertzoo.load, bertzoo serve)
+    def use_rows(self, rows: list[dict[str, Any]], split: str = "predict",
+                 tokenizer: Any = None) -> None:
+        """Read `split` from `rows` (dicts of the columns a file of that split would hold)
+        instead of a file or dataset: how `bertzoo.load`'s predictor runs raw inputs through
+        the task's own preprocessing. `tokenizer` is a loaded `tokenizers.Tokenizer`, or
+        another data module whose loaded tokenizers are shared (no reload per call)."""
+        import datasets
+        if isinstance(tokenizer, TaskDataModule):
+            self._tokenizer = tokenizer.tokenizer
+            self._truncating_tokenizer = tokenizer._truncating_tokenizer
+        elif tokenizer is not None:
+            self._tokenizer = tokenizer
+        self.files[split] = None
+        self._raw[split] = datasets.Dataset.from_list(rows)
+        self.datasets.pop(split, None)
+
 
 # ------------------------------------------------------------------------------ predictions
 class _PredictionBatches:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassF1Score
 
 from bertzoo.synthetic import NOUNS
+from bertzoo.tasks import inputs
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
 
@@ -421,6 +422,47 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
             "test_file": str(files["dev"]), "predict_file": str(files["dev"])}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """A text, or {"text": ..., "text_pair": ...} -> a row in the columns the model was
+    trained on; a pair for a single-text model (or the reverse) is an error."""
+    text_column = data.get("text_column", "sentence")
+    pair_column = data.get("text_pair_column")
+    if not isinstance(value, (str, dict)):
+        raise inputs.InputError("", 'a text, or {"text": ..., "text_pair": ...}', value)
+    if isinstance(value, str):
+        first, second = value, None
+    else:
+        value = inputs.fields(value, ("text",), ("text_pair",))
+        first = inputs.text(value["text"], "text")
+        second = value.get("text_pair")
+        if second is not None:
+            inputs.text(second, "text_pair")
+    if pair_column and second is None:
+        raise inputs.InputError("text_pair", "a second text (this model classifies text "
+                                             "pairs)", inputs.MISSING)
+    if second is not None and not pair_column:
+        raise inputs.InputError("text_pair", "no second text (this model classifies single "
+                                             "texts)", second)
+    return {text_column: first, **({pair_column: second} if pair_column else {})}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict rows of `example_data` as raw inputs."""
+    data = ClassificationDataModule(**data_args)
+    pair = data.text_pair_column
+    return [row[data.text_column] if not pair else
+            {"text": row[data.text_column], "text_pair": row[pair]}
+            for row in data.raw("predict")]
+
+
+RAW_INPUTS = inputs.RawInputs(
+    description='a text, or {"text": ..., "text_pair": ...} for a model of text pairs',
+    json_schema={"oneOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["text"], "additionalProperties": False,
+         "properties": {"text": {"type": "string"}, "text_pair": {"type": "string"}}}]},
+    to_row=input_row, examples=example_inputs)
+
 TASK = TaskSpec(
     name="classification",
     description="Text or text-pair classification (single/multi-label) and regression (GLUE)",
@@ -429,4 +471,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/accuracy",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )
