@@ -38,7 +38,8 @@ USAGE = """\
     bertzoo serve PATH [--port 8000]                                      HTTP: POST /predict
     bertzoo recipes [copy NAME DIR]                                       the packaged recipes
     bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
-    bertzoo bench [--device cuda]                                         speed vs transformers"""
+    bertzoo bench [--device cuda]                                         speed vs transformers
+    bertzoo glue --model.backbone X [--tasks cola,...] [--resume]         GLUE: dev table, test submission"""
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -573,6 +574,11 @@ def cmd_bench(args: list[str]) -> int:
     return bench_main(args)
 
 
+def cmd_glue(args: list[str]) -> int:
+    from bertzoo.glue import main as glue_main
+    return glue_main(args, run_task=cmd_task)
+
+
 def cmd_plot(args: list[str]) -> int:
     from bertzoo.plot import main as plot_main
     return plot_main(args)
@@ -586,6 +592,7 @@ COMMANDS = {
     "export": cmd_export,
     "recipes": recipe_catalog.main,
     "serve": cmd_serve,
+    "glue": cmd_glue,
 }
 
 
