@@ -40,6 +40,7 @@ import torch
 
 from bertzoo.checkpoint import to_hf_state_dict
 from bertzoo.config import BertConfig
+from bertzoo.files import atomic_write
 from bertzoo.model import IGNORE_INDEX, BertForPreTraining
 from bertzoo.training import tune_cpu_process
 
@@ -247,7 +248,7 @@ def sst2_texts(path: str | None, count: int, seed: int = 0) -> tuple[list[str], 
         texts = [line.split("\t")[0] for line in lines if line.strip()]
         random.Random(seed).shuffle(texts)
         return texts[:count], f"SST-2 rows from {path}"
-    from bertzoo.testing import sentences
+    from bertzoo.synthetic import sentences
     return sentences(count, seed), "synthetic sentences (pass --sst2 for SST-2's lengths)"
 
 
@@ -578,7 +579,6 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|", flush=True)
     rows = run(args)
     if args.json:
-        from bertzoo.checkpoint import atomic_write
         payload = {"device": args.device, "precision": args.precision,
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "repeats": args.repeats, "warmup": args.warmup,
