@@ -37,7 +37,8 @@ USAGE = """\
     bertzoo export CKPT OUT_DIR                                           Hugging Face folder
     bertzoo recipes [copy NAME DIR]                                       the packaged recipes
     bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
-    bertzoo bench [--device cuda]                                         speed vs transformers"""
+    bertzoo bench [--device cuda]                                         speed vs transformers
+    bertzoo glue --model.backbone X [--tasks cola,...] [--resume]         GLUE: dev table, test submission"""
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -523,6 +524,11 @@ def cmd_bench(args: list[str]) -> int:
     return bench_main(args)
 
 
+def cmd_glue(args: list[str]) -> int:
+    from bertzoo.glue import main as glue_main
+    return glue_main(args, run_task=cmd_task)
+
+
 def cmd_plot(args: list[str]) -> int:
     from bertzoo.plot import main as plot_main
     return plot_main(args)
@@ -535,6 +541,7 @@ COMMANDS = {
     "tasks": cmd_tasks,
     "export": cmd_export,
     "recipes": recipe_catalog.main,
+    "glue": cmd_glue,
 }
 
 

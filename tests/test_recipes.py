@@ -206,6 +206,29 @@ def _glue_rows(pair: bool, regression: bool, positive="positive"):
     return rows
 
 
+def _glue_columns_rows(first: str, second: str | None, classes: int):
+    """GLUE rows with other column names (QQP question1/2, MNLI premise/hypothesis, ...)."""
+    def rows(split: str, count: int) -> list[dict[str, Any]]:
+        rng = random.Random(split)
+        out = []
+        for i in range(count):
+            row = {first: " ".join(_words(rng, 1)), "label": i % classes, "idx": i}
+            if second:
+                row[second] = " ".join(_words(rng, 1))
+            out.append(row)
+        return out
+    return rows
+
+
+def _glue_layout(splits: tuple[str, ...], first: str, second: str | None,
+                 names: list[str]) -> HubLayout:
+    columns = {first: _string, **({second: _string} if second else {})}
+    return HubLayout(splits, datasets.Features({**columns, "label": datasets.ClassLabel(
+        names=names), "idx": datasets.Value("int32")}), _glue_columns_rows(first, second,
+                                                                           len(names)),
+                     unlabelled=tuple(s for s in splits if s.startswith("test")))
+
+
 def _tagging_rows(names: list[str]):
     types = sorted({name[2:] for name in names if name != "O"})
 
@@ -291,6 +314,19 @@ HUB: dict[tuple[str, str | None], HubLayout] = {
         datasets.Features({"sentence1": _string, "sentence2": _string,
                            "label": datasets.Value("float32"), "idx": datasets.Value("int32")}),
         _glue_rows(pair=True, regression=True), unlabelled=("test",)),
+    ("nyu-mll/glue", "cola"): _glue_layout(("train", "validation", "test"), "sentence", None,
+                                           ["unacceptable", "acceptable"]),
+    ("nyu-mll/glue", "qqp"): _glue_layout(("train", "validation", "test"), "question1",
+                                          "question2", ["not_duplicate", "duplicate"]),
+    ("nyu-mll/glue", "mnli"): _glue_layout(
+        ("train", "validation_matched", "validation_mismatched", "test_matched",
+         "test_mismatched"), "premise", "hypothesis", ["entailment", "neutral", "contradiction"]),
+    ("nyu-mll/glue", "qnli"): _glue_layout(("train", "validation", "test"), "question",
+                                           "sentence", ["entailment", "not_entailment"]),
+    ("nyu-mll/glue", "rte"): _glue_layout(("train", "validation", "test"), "sentence1",
+                                          "sentence2", ["entailment", "not_entailment"]),
+    ("nyu-mll/glue", "wnli"): _glue_layout(("train", "validation", "test"), "sentence1",
+                                           "sentence2", ["not_entailment", "entailment"]),
     ("leondz/wnut_17", None): HubLayout(
         ("train", "validation", "test"),
         datasets.Features({"id": _string, "tokens": datasets.Sequence(_string),
@@ -457,7 +493,8 @@ def test_recipe_reads_its_hub_dataset_as_written(recipe, fake_hub, tiny_backbone
     if command_of(recipe) == "pretrain":
         assert splits == {data["dataset_split"]}
         return
-    assert splits == {"train", "validation"}  # the data module's choice for fit
+    renamed = data.get("dataset_splits") or {}  # MNLI's validation_matched
+    assert splits == {renamed.get("train", "train"), renamed.get("validation", "validation")}
     layout = HUB[(data["dataset"], data.get("dataset_config"))]
     checkpoint = tmp_path / "runs" / task_of(recipe, config).name / "version_0" / \
         "checkpoints" / "last.ckpt"

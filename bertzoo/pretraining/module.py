@@ -40,6 +40,7 @@ from bertzoo.model import IGNORE_INDEX, BertForPreTraining
 from bertzoo.training import (BertModule, attached_trainer, build_encoder,
                               check_backbone_or_config, check_vocab_size, lightning_compat,
                               share_of_global_mean)
+from bertzoo.training.optim import OptimizerName, SchedulerName
 
 log = logging.getLogger("bertzoo")
 
@@ -94,15 +95,25 @@ class PretrainingModule(BertModule):
         seed: Base of the per-step dropout seed (default: the run's `seed_everything`).
         compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
             options); for GPUs.
+        optimizer: "adamw" (BERT's) or "lamb" (You et al. 2020; NVIDIA's large-batch
+            pretraining at batch 32k-64k).
+        scheduler: The learning-rate schedule: "linear" (warm-up, then linear decay to zero:
+            BERT's), "cosine", "constant" (no warm-up), "constant_with_warmup" or
+            "warmup_stable_decay" (warm-up, flat, then a 1-sqrt decay over the last
+            `decay_fraction` of the steps: ModernBERT's).
+        decay_fraction: The share of the steps "warmup_stable_decay" decays over.
     """
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
                  vocab_size: int | None = None, max_seq_length: int | None = None,
                  learning_rate: float = 1e-4, weight_decay: float = 0.01, warmup: float = 10000,
                  adam_epsilon: float = 1e-6, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 seed: int | None = None, compile: bool | dict[str, Any] = False):
+                 seed: int | None = None, compile: bool | dict[str, Any] = False,
+                 optimizer: OptimizerName = "adamw", scheduler: SchedulerName = "linear",
+                 decay_fraction: float = 0.1):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
-                         adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile)
+                         adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile,
+                         optimizer=optimizer, scheduler=scheduler, decay_fraction=decay_fraction)
         self.save_hyperparameters()
         # The rule every module follows (`bertzoo.training.encoder`); a backbone brings its
         # MLM/NSP heads too, where it has them.

@@ -45,11 +45,13 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from bertzoo.config import ConfigError
 from bertzoo.data import pad_to
 from bertzoo.files import atomic_write
 from bertzoo.model import init_weights
-from bertzoo.training import BertModule, build_encoder
+from bertzoo.training import BertModule, attached_trainer, build_encoder
 from bertzoo.training.data import BertDataModule
+from bertzoo.training.optim import OptimizerName, SchedulerName
 
 class DataError(ValueError):
     """Task data that cannot be used; the message names the file (and line or column)."""
@@ -86,6 +88,13 @@ class TaskModule(BertModule):
         layerwise_lr_decay: Multiply the rate by this per layer below the top (1.0 = off).
         compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
             options such as {"mode": "max-autotune"}); for GPUs.
+        optimizer: "adamw" (BERT's) or "lamb" (You et al. 2020; NVIDIA's large-batch
+            pretraining).
+        scheduler: The learning-rate schedule: "linear" (warm-up, then linear decay to zero:
+            BERT's), "cosine", "constant" (no warm-up), "constant_with_warmup" or
+            "warmup_stable_decay" (warm-up, flat, then a 1-sqrt decay over the last
+            `decay_fraction` of the steps: ModernBERT's).
+        decay_fraction: The share of the steps "warmup_stable_decay" decays over.
     """
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
@@ -95,10 +104,13 @@ class TaskModule(BertModule):
                  vocab_size: int | None = None, head_dropout: float = 0.1,
                  learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup: float = 0.1,
                  adam_epsilon: float = 1e-8, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False):
+                 layerwise_lr_decay: float = 1.0, compile: bool | dict[str, Any] = False,
+                 optimizer: OptimizerName = "adamw", scheduler: SchedulerName = "linear",
+                 decay_fraction: float = 0.1):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas,
-                         layerwise_lr_decay=layerwise_lr_decay, compile=compile)
+                         layerwise_lr_decay=layerwise_lr_decay, compile=compile,
+                         optimizer=optimizer, scheduler=scheduler, decay_fraction=decay_fraction)
         self.save_hyperparameters()
         self.encoder = build_encoder(backbone, config, vocab_size)
         self.dropout = nn.Dropout(head_dropout)
@@ -165,6 +177,21 @@ class TaskModule(BertModule):
     def configure_model(self) -> None:
         self.metrics  # create the metric states before the strategy moves/wraps the module
         super().configure_model()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        self.check_max_length(getattr(datamodule, "max_length", None))
+
+    def check_max_length(self, max_length: int | None) -> None:
+        """Refuse inputs longer than the backbone's position table before the first step (the
+        model would fail at the first long batch, deep in its forward)."""
+        positions = self.encoder.config.max_position_embeddings
+        if max_length is not None and max_length > positions:
+            raise ConfigError(f"data.max_length ({max_length}) exceeds the backbone's "
+                              f"max_position_embeddings ({positions}): it has no position for "
+                              f"the tokens after the {positions}th; set --data.max_length "
+                              f"{positions} (or less), or use a backbone with more positions")
 
     def _shared_step(self, stage: str, batch: dict[str, Any]) -> Tensor:
         outputs = self(batch)
