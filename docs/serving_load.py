@@ -10,7 +10,7 @@ Predictor's own throughput (in process, batches of 32) beside them.
     # a classifier on all-MiniLM-L6-v2 (untrained head: the check is about serving)
     python docs/serving_load.py --build-minilm /tmp/minilm-sst2
     python docs/serving_load.py --model /tmp/minilm-sst2 \\
-        --sst2 /work/shared/data/SST-2/dev.tsv --clients 16 --requests 50 --json load.json
+        --sst2 glue_data/SST-2/dev.tsv --clients 16 --requests 50 --json load.json
 """
 
 from __future__ import annotations
