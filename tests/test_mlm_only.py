@@ -90,8 +90,9 @@ def test_selection_rate_and_split_over_100k_tokens(tokenizer, documents, probabi
         masked += int((inputs[chosen] == collator.mask_id).sum())
         unchanged += int((inputs[chosen] == row[chosen]).sum())
     assert candidates >= 100_000
-    # Binomial standard deviations: ~0.001 for the rate, ~0.003 for the split.
-    assert abs(selected / candidates - probability) < 0.005
+    # Each row selects floor(p x n + u) of its n candidates: the rate's standard deviation over
+    # these ~870 rows is < 0.0002; the split is binomial over ~16k-33k selected (< 0.004).
+    assert abs(selected / candidates - probability) < 0.002
     assert abs(masked / selected - mask) < 0.012
     # A random replacement can draw the original token (1 in ~400): counted as unchanged.
     assert abs(unchanged / selected - (1 - mask - random)) < 0.012
