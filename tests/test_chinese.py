@@ -12,6 +12,7 @@ import jieba
 import numpy as np
 import pytest
 
+from bertzoo.cli import main
 from bertzoo.config import ConfigError
 from bertzoo.model import IGNORE_INDEX
 from bertzoo.pretraining import MaskingCollator, PretrainingDataModule
@@ -113,8 +114,15 @@ def test_the_pipeline_marks_words_and_the_collator_takes_the_marks_off(article, 
     assert int(batch["input_ids"].max()) < collator.vocab_size
 
 
-def test_without_jieba_the_error_names_the_extra(monkeypatch):
+def test_without_jieba_the_error_names_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "jieba", None)  # `import jieba` raises ImportError
-    with pytest.raises(ConfigError, match=r"^data.word_segmenter: jieba is not installed; install "
-                                          r"the Chinese extra: pip install 'bertzoo\[zh\]'$"):
+    message = ("data.word_segmenter: jieba is not installed; install the Chinese extra: "
+               "pip install 'bertzoo[zh]'")
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         PretrainingDataModule(whole_word_mask=True, word_segmenter="jieba")
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--data.whole_word_mask=true", "--data.word_segmenter=jieba",
+                 "--trainer.max_steps=1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"bertzoo pretrain: error: {message}"
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))

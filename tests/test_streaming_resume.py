@@ -204,6 +204,17 @@ def test_a_streamed_run_stopped_by_ctrl_c_resumes_bitwise(parquet_folder, backbo
     assert main(["pretrain", "--config", str(recipe), callback(CtrlCAtStep, step=6)]) == 130
     saved = runs / "version_1/checkpoints/last.ckpt"
     assert load(saved)["global_step"] == 6
+    capsys.readouterr()
+    # Another layout is refused before the first step, and leaves the run as it was.
+    assert main(["pretrain", "--config", str(recipe), "--ckpt_path", "last",
+                 "--data.num_workers=0"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "bertzoo pretrain: error: the checkpoint's position in the streamed corpus was saved "
+        "with 1 process(es) x 2 data loader worker(s) per process, and this run has 1 x 0; a "
+        "stream resumes exactly only with the same layout: resume with the same "
+        "trainer.devices x trainer.num_nodes and data.num_workers (or start a new run from "
+        "the checkpoint's weights with model.backbone)")
+    assert load(saved)["global_step"] == 6
     assert main(["pretrain", "--config", str(recipe), "--ckpt_path", "last"]) == 0
     resumed = load(saved)
     assert resumed["global_step"] == 14
