@@ -251,7 +251,7 @@ def sst2_texts(path: str | None, count: int, seed: int = 0) -> tuple[list[str], 
         texts = [line.split("\t")[0] for line in lines if line.strip()]
         random.Random(seed).shuffle(texts)
         return texts[:count], f"SST-2 rows from {path}"
-    from bertzoo.testing import sentences
+    from bertzoo.synthetic import sentences
     return sentences(count, seed), "synthetic sentences (pass --sst2 for SST-2's lengths)"
 
 

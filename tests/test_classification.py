@@ -341,20 +341,48 @@ def test_any_checkpoint_is_a_backbone(trained, tmp_path):
 
 def test_regression_run_keeps_the_best_pearson_checkpoint(tiny_backbone_dir, tmp_path,
                                                           monkeypatch):
+    import csv
+
+    import torchmetrics
     rows = ["sentence\tscore"] + [f"the {w} cat\t{i % 5}" for i, w in
                                   enumerate(["happy", "sad", "warm", "cold", "old"] * 3)]
     train = write(tmp_path / "train.tsv", "\n".join(rows) + "\n")
+    # Four validations whose Pearson rises, then falls (the best is the second, not the
+    # last); real Pearson values from a few steps would not say which one is the best. (No
+    # training metrics, so that every Pearson computed is a validation's.)
+    monkeypatch.setattr(ClassificationModule, "train_metrics", False)
+    scripted = iter([0.2, 0.8, 0.5, 0.3])
+    monkeypatch.setattr(torchmetrics.PearsonCorrCoef, "compute",
+                        lambda self: torch.tensor(next(scripted)))
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
                  f"--data.train_file={train}", f"--data.validation_file={train}",
                  "--data.label_column=score", "--data.problem_type=regression",
-                 "--data.batch_size=8", "--trainer.max_epochs=1",
+                 "--data.batch_size=8", "--trainer.max_epochs=4",
+                 "--trainer.num_sanity_val_steps=0",
                  "--trainer.enable_progress_bar=false"]) == 0
-    best = list((tmp_path / "runs/classification/version_0/checkpoints").glob("best-*.ckpt"))
-    assert len(best) == 1
-    callbacks = torch.load(best[0], weights_only=True)["callbacks"]
-    state = next(v for k, v in callbacks.items() if k.startswith("BestCheckpoint{"))
+    run = tmp_path / "runs/classification/version_0"
+    with (run / "metrics.csv").open() as f:
+        logged = [(float(r["val/pearson"]), int(r["step"])) for r in csv.DictReader(f)
+                  if r.get("val/pearson")]
+    assert [round(p, 6) for p, _ in logged] == [0.2, 0.8, 0.5, 0.3]
+    best_pearson = max(p for p, _ in logged)
+    # One validation per epoch of 2 steps: at global steps 2, 4, 6 and 8 (metrics.csv's step
+    # column counts from 0, hence 1, 3, 5, 7 there).
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 8 and [step for _, step in logged] == [1, 3, 5, 7]
+    best_step = 2 * (1 + [p for p, _ in logged].index(best_pearson))
+    assert best_step == 4 < last["global_step"]  # the best is not the last
+    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert [p.name for p in best] == [f"best-{best_step}.ckpt"]
+    kept = torch.load(best[0], weights_only=True)
+    assert kept["global_step"] == best_step
+    state = next(v for k, v in kept["callbacks"].items() if k.startswith("BestCheckpoint{"))
     assert state["monitor"] == "val/pearson"
+    assert float(state["best_model_score"]) == pytest.approx(best_pearson)
+    # the weights of that step, not of the end of training
+    assert not torch.equal(kept["state_dict"]["classifier.weight"],
+                           last["state_dict"]["classifier.weight"])
 
 
 def test_mean_pooling_reads_the_real_tokens_only(tiny_backbone_dir):

@@ -186,16 +186,40 @@ def test_unknown_recipe_key_is_rejected_by_the_parser(tmp_path, capsys):
     assert "text_colum" in capsys.readouterr().err
 
 
-def test_run_numbers_are_reserved_and_freed(tmp_path, monkeypatch, capsys):
+def _reserve_versions(start, rounds: int, queue) -> None:
     from bertzoo.cli import reserve_version
+    reserved = []
+    for _ in range(rounds):
+        start.wait()  # in each round every process starts a run at the same moment
+        reserved.append(reserve_version("runs", "classification"))
+    queue.put(reserved)
+
+
+def test_run_numbers_are_reserved_and_freed(tmp_path, monkeypatch, capsys):
+    import multiprocessing
     monkeypatch.chdir(tmp_path)
-    # Two runs starting at the same moment get different folders.
-    assert [reserve_version("runs", "classification") for _ in range(2)] == [0, 1]
+    # Runs starting at the same moment (8 processes, 16 rounds) get different folders. (A
+    # reservation that is not atomic, mkdir(exist_ok=True), fails this in each of 5 tries.)
+    context = multiprocessing.get_context("fork")
+    processes, each = 8, 16
+    start, queue = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_reserve_versions, args=(start, each, queue))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    reserved = [queue.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    numbers = sorted(n for numbers in reserved for n in numbers)
+    assert numbers == list(range(processes * each)), "two runs got the same folder"
+    runs = tmp_path / "runs/classification"
+    folders = sorted(f"version_{n}" for n in numbers)
+    assert sorted(p.name for p in runs.iterdir()) == folders
     # A run that stops before writing anything gives its number back; --help takes none.
     assert main(["fit", "--task", "classification", "--data.train_file=missing.tsv",
                  "--model.config=tiny"]) == 1
     assert "no such file: missing.tsv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fit", "--task", "classification", "--help"])
-    assert sorted(p.name for p in (tmp_path / "runs/classification").iterdir()) == [
-        "version_0", "version_1"]
+    assert sorted(p.name for p in runs.iterdir()) == folders

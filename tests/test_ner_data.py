@@ -180,7 +180,7 @@ def test_long_sentence_is_windowed_not_truncated(tmp_path, tiny_backbone_dir):
 
 
 def test_hugging_face_dataset_with_class_labels(tmp_path, tiny_backbone_dir):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     features = datasets.Features({
         "tokens": datasets.Sequence(datasets.Value("string")),

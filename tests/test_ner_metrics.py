@@ -6,13 +6,12 @@ import random
 import warnings
 
 import pytest
+import seqeval.metrics as seqeval_metrics
 import torch
+from seqeval.metrics.sequence_labeling import get_entities as seqeval_get_entities
 
-seqeval_metrics = pytest.importorskip("seqeval.metrics")
-from seqeval.metrics.sequence_labeling import get_entities as seqeval_get_entities  # noqa: E402
-
-from bertzoo.tasks.conll import SCHEME_PREFIXES, scheme_labels  # noqa: E402
-from bertzoo.tasks.entity_metrics import (EntityScore, count_entities,  # noqa: E402
+from bertzoo.tasks.conll import SCHEME_PREFIXES, scheme_labels
+from bertzoo.tasks.entity_metrics import (EntityScore, count_entities,
                                           entity_metrics, get_entities)
 
 TYPES = ["PER", "LOC", "creative-work"]

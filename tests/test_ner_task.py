@@ -8,12 +8,12 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import seqeval.metrics as seqeval_metrics
 import torch
+import transformers
 
 from bertzoo.tasks.conll import read_conll
 from bertzoo.tasks.ner import NerDataModule, NerModule, example_data
-
-seqeval_metrics = pytest.importorskip("seqeval.metrics")
 
 
 def trainer():
@@ -59,20 +59,34 @@ def test_cli_fit_predict_and_export(tmp_path, tiny_backbone_dir, monkeypatch):
     from bertzoo.cli import main
     files = example_data(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BERTZOO_RUN_VERSION", raising=False)
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    main(["fit", "--task", "ner", "--model.backbone", str(tiny_backbone_dir),
-          "--data.train_file", files["train_file"],
-          "--data.validation_file", files["validation_file"], "--data.batch_size", "8",
-          "--trainer.max_epochs", "1", *quiet])
-    metrics = next(tmp_path.glob("runs/ner/version_*/metrics.csv")).read_text()
+    assert main(["fit", "--task", "ner", "--model.backbone", str(tiny_backbone_dir),
+                 "--data.train_file", files["train_file"],
+                 "--data.validation_file", files["validation_file"], "--data.batch_size", "8",
+                 "--trainer.max_epochs", "1", *quiet]) == 0
+    metrics = (tmp_path / "runs/ner/version_0/metrics.csv").read_text()
     assert "val/f1" in metrics.splitlines()[0]
     # predict needs no training file: the label names come from the checkpoint
-    main(["predict", "--task", "ner", "--ckpt_path", "last",
-          "--data.predict_file", files["predict_file"], *quiet])
-    written = next(tmp_path.glob("runs/ner/version_*/predictions.jsonl"))
+    assert main(["predict", "--task", "ner", "--ckpt_path", "last",
+                 "--data.predict_file", files["predict_file"], *quiet]) == 0
+    assert (tmp_path / "runs/ner/version_1/predictions.jsonl").is_file()
+    # One epoch on a tiny backbone tags (almost) everything O: predict again with a classifier
+    # drawn wide, so that there are entities, some of several words, to check against the text.
+    ckpt = tmp_path / "runs/ner/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    weight = checkpoint["state_dict"]["classifier.weight"]
+    checkpoint["state_dict"]["classifier.weight"] = torch.randn(
+        weight.shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    torch.save(checkpoint, tmp_path / "varied.ckpt")
+    assert main(["predict", "--task", "ner", "--ckpt_path", str(tmp_path / "varied.ckpt"),
+                 "--data.predict_file", files["predict_file"], *quiet]) == 0
+    written = tmp_path / "runs/ner/version_2/predictions.jsonl"
     texts = [json.loads(line)["text"] for line in Path(files["predict_file"]).open()]
     rows = [json.loads(line) for line in written.open()]
     assert [row["text"] for row in rows] == texts
+    entities = [entity for row in rows for entity in row["entities"]]
+    assert entities and any(e["end_word"] - e["start_word"] > 1 for e in entities)
     for row in rows:
         assert len(row["tags"]) == len(row["words"])
         for entity in row["entities"]:
@@ -81,9 +95,7 @@ def test_cli_fit_predict_and_export(tmp_path, tiny_backbone_dir, monkeypatch):
             assert entity["text"].startswith(span[0]) and entity["text"].endswith(span[-1])
 
     # The export is a BertForTokenClassification giving our logits.
-    transformers = pytest.importorskip("transformers")
-    ckpt = next(tmp_path.glob("runs/ner/version_*/checkpoints/last.ckpt"))
-    main(["export", str(ckpt), str(tmp_path / "hf")])
+    assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 0
     hf = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "hf")).eval()
     ours = NerModule.load_from_checkpoint(str(ckpt), map_location="cpu").eval()
     assert hf.config.id2label == dict(enumerate(ours.label_names))

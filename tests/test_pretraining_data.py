@@ -274,9 +274,21 @@ def test_masking_options(tokenizer, tokenized_documents):
     rows = _rows(tokenized_documents)[:200]
     capped = MaskingCollator.for_tokenizer(tokenizer, max_predictions_per_seq=3)(rows)
     assert ((capped["mlm_labels"] != IGNORE_INDEX).sum(1) <= 3).all()
+    pad_id = tokenizer.token_to_id("[PAD]")
     padded = MaskingCollator.for_tokenizer(tokenizer, pad_to_multiple_of=8)(rows[:5])
-    assert padded["input_ids"].shape[1] % 8 == 0
-    assert (padded["attention_mask"].sum(1) == padded["attention_mask"].sum(1)).all()
+    width = padded["input_ids"].shape[1]
+    longest = max(len(row["input_ids"]) for row in rows[:5])
+    assert width % 8 == 0 and longest <= width < longest + 8
+    # Each row is its own tokens then padding: the mask counts the row's length, and past it
+    # every position is [PAD], token type 0 and never a prediction.
+    lengths = [len(row["input_ids"]) for row in rows[:5]]
+    assert padded["attention_mask"].sum(1).tolist() == lengths
+    for b, length in enumerate(lengths):
+        assert (padded["attention_mask"][b, :length] == 1).all()
+        assert (padded["input_ids"][b, length:] == pad_id).all()
+        assert (padded["token_type_ids"][b, length:] == 0).all()
+        assert (padded["mlm_labels"][b, length:] == IGNORE_INDEX).all()
+    assert any(length < width for length in lengths)  # there is padding to check
     all_mask = MaskingCollator.for_tokenizer(tokenizer, mask_token_prob=1.0,
                                              random_token_prob=0.0)(rows)
     chosen = all_mask["mlm_labels"] != IGNORE_INDEX

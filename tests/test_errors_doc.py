@@ -1,0 +1,165 @@
+"""docs/errors.md, row by row: every bad input and every interrupt it lists is tied to the test
+that produces its message, by a fragment of the message that the documented line shows and that
+the test checks for. A row added, removed or renumbered, a message reworded on one side only,
+or a test that no longer checks its row's message fails here.
+
+The messages themselves are produced by the named tests (through `bertzoo` as a user types
+it); this file keeps the page and those tests in step.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ERRORS = ROOT / "docs" / "errors.md"
+
+# row -> (the test that produces the message, a fragment of it that test checks)
+BAD_INPUT = {
+    1: ("test_errors.py::test_unknown_yaml_key_suggests_the_closest",
+        "error: Subcommand 'fit' does not accept option '"),
+    2: ("test_errors.py::test_unknown_command_line_option_suggests_the_closest",
+        "error: unrecognized arguments: --data.max_lenght=64; did you "),
+    3: ("test_errors.py::test_wrong_type_names_the_key_and_the_expected_type",
+        "Expected a <class 'int'>. Got value: lots"),
+    4: ("test_registry.py::test_cli_with_unknown_or_broken_task",
+        "(did you mean 'classification'?)"),
+    5: ("test_cli.py::test_task_name_from_the_command_line_or_the_recipe",
+        "--task ner conflicts with "),
+    6: ("test_errors.py::test_backbone_and_config_together",
+        "bertzoo fit: error: give either model.backbone (a checkpoint to start from) or "),
+    7: ("test_pretraining.py::test_bad_inputs_fail_before_training",
+        "max_seq_length (128) exceeds the model's max_position_embeddings (64)"),
+    8: ("test_pretraining.py::test_bad_inputs_fail_before_training",
+        "the tokenizer has 200 tokens but model.config has vocab_size 999"),
+    9: ("test_pretraining_data.py::test_missing_file_is_a_clear_error",
+        "data.train_files: no such file: "),
+    10: ("test_pretraining.py::test_bad_inputs_fail_before_training",
+         "empty.txt has no documents"),
+    11: ("test_pretraining.py::test_bad_inputs_fail_before_training",
+         "single.txt has a single document; next sentence prediction needs at least two"),
+    12: ("test_cli.py::test_bad_input_is_a_message_not_a_traceback",
+         "missing column(s) 'sentence'"),
+    13: ("test_classification.py::test_label_in_dev_not_seen_in_training",
+         ", line 3: label '2' was not seen in training "),
+    14: ("test_classification.py::test_empty_and_header_only_files",
+         "has no rows (empty or header only)"),
+    15: ("test_ner_data.py::test_bad_conll_lines_name_file_and_line",
+         "is the tag missing"),
+    16: ("test_qa.py::test_ambiguous_or_missing_answer_is_an_error_naming_the_question",
+         "question q1: answer 'Stockholm' does not occur"),
+    17: ("test_qa.py::test_doc_stride_too_large_for_the_question_is_a_clear_error",
+         "5 tokens long, which leaves "),
+    18: ("test_errors.py::test_checkpoint_of_another_task_names_both",
+         "bertzoo.tasks.classification.ClassificationModule (task 'classification'), but this "),
+    19: ("test_errors.py::test_truncated_checkpoint_names_the_file",
+         "PytorchStreamReader failed reading zip archive: failed finding central directory)"),
+    20: ("test_errors.py::test_truncated_checkpoint_names_the_file",
+         "PytorchStreamReader failed reading zip archive: failed finding central directory)"),
+    21: ("test_errors.py::test_checkpoint_holding_objects_is_refused_unread",
+         "(UnpicklingError: Weights only load failed: it would construct test_errors.Payload, "),
+    22: ("test_errors.py::test_tokenizer_folder_without_vocabulary",
+         "vocab.txt; a BERT tokenizer folder needs one of them"),
+    23: ("test_checkpoint.py::test_folder_without_weights",
+         "has no weights: expected model.safetensors"),
+    24: ("test_cli.py::test_run_folders_and_ckpt_path_last",
+         "--ckpt_path last: no last.ckpt under runs/"),
+    25: ("test_registry.py::test_broken_plugin_is_reported_and_skipped",
+         "task 'broken' from broken-import cannot be used: "),
+    26: ("test_registry.py::test_duplicate_of_a_built_in_name",
+         "duplicate task name 'classification': registered "),
+}
+INTERRUPTS = {
+    "non-finite training loss (NaN/inf)":
+        ("test_resume.py::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
+         "train/loss is nan at step 8 (epoch 1, batch 1 of the epoch)"),
+    "Ctrl-C during training":
+        ("test_resume.py::test_pretraining_interrupted_mid_epoch_resumes_bitwise",
+         "stopped: Ctrl-C at step 3 (epoch 0); saved "),
+    "SIGTERM (a scheduler preempting the job)":
+        ("test_resume.py::test_sigterm_saves_like_ctrl_c_and_a_second_ctrl_c_stops_without_saving",
+         "stopped: SIGTERM at step 2 (epoch 0)"),
+    # The message is Lightning's own; the test checks the exit and that nothing was saved.
+    "a second Ctrl-C":
+        ("test_resume.py::test_sigterm_saves_like_ctrl_c_and_a_second_ctrl_c_stops_without_saving",
+         None),
+    "a crash or full disk while a checkpoint is written":
+        ("test_resume.py::test_a_crash_while_saving_leaves_the_previous_checkpoint_whole",
+         "No space left on device"),
+}
+
+
+def table_rows(section: str) -> list[list[str]]:
+    """The cells of each body row of the table under the `## section` heading."""
+    text = ERRORS.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if cells[0] in ("#", "event") or cells[0].startswith("**"):
+            continue  # the header, and group headings such as **config**
+        rows.append(cells)
+    return rows
+
+
+def shown(cell: str) -> str:
+    """The text of a cell's code spans: the message as the user sees it (<br> = new line)."""
+    return "\n".join("".join(re.findall(r"`([^`]*)`", part)) for part in cell.split("<br>"))
+
+
+def source_of(reference: str) -> str:
+    """The source of `file::function` in tests/, its decorators (parameters) included."""
+    file_name, function = reference.split("::")
+    source = (ROOT / "tests" / file_name).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            return "\n".join(source.splitlines()[first - 1:node.end_lineno])
+    raise AssertionError(f"docs/errors.md names {reference}, which does not exist")
+
+
+def referenced_tests(cell: str) -> list[str]:
+    return re.findall(r"`(test_\w+\.py(?:::\w+)?)`", cell)
+
+
+def test_the_tables_have_exactly_these_rows():
+    bad_input = table_rows("The table")
+    assert [int(cells[0]) for cells in bad_input] == sorted(BAD_INPUT) == list(range(1, 27))
+    assert [cells[0] for cells in table_rows("Interrupts and failures")] == list(INTERRUPTS)
+
+
+@pytest.mark.parametrize("row", sorted(BAD_INPUT))
+def test_bad_input_row_is_the_message_its_test_checks(row):
+    cells = {int(c[0]): c for c in table_rows("The table")}[row]
+    message, tests = shown(cells[2]), cells[3]
+    reference, fragment = BAD_INPUT[row]
+    # one message, as bertzoo prints it (or the argument parser, for a bad argument)
+    assert re.match(r"(bertzoo \w+: )?error: ", message), message
+    assert fragment in message, f"row {row}: the page no longer shows {fragment!r}"
+    assert reference in referenced_tests(tests), f"row {row} does not name {reference}"
+    assert fragment in source_of(reference), f"{reference} does not check {fragment!r}"
+    for other in referenced_tests(tests):  # every test the row names exists
+        if "::" in other:
+            source_of(other)
+        else:
+            assert (ROOT / "tests" / other).is_file(), other
+
+
+@pytest.mark.parametrize("event", list(INTERRUPTS))
+def test_interrupt_row_is_the_message_its_test_checks(event):
+    rows = table_rows("Interrupts and failures")
+    at = [c[0] for c in rows].index(event)
+    message, tests = shown(rows[at][1]), rows[at][3]
+    if tests == "same test":
+        tests = rows[at - 1][3]
+    reference, fragment = INTERRUPTS[event]
+    assert reference in referenced_tests(tests), f"{event}: the row does not name {reference}"
+    source = source_of(reference)
+    if fragment is not None:
+        assert fragment in message, f"{event}: the page no longer shows {fragment!r}"
+        assert fragment in source, f"{reference} does not check {fragment!r}"
