@@ -434,6 +434,9 @@ class PretrainingDataModule(BertDataModule):
         tokenizer: Tokenizer folder or `.ckpt`; default: `model.backbone`'s, or else a WordPiece
             vocabulary trained on the training documents (cached, saved with the checkpoints).
         tokenizer_vocab_size: Size of the vocabulary trained when no tokenizer is given.
+        tokenizer_alphabet: Most distinct characters a trained vocabulary keeps as tokens of
+            their own (the others become [UNK]); Chinese needs thousands (google's Chinese
+            vocabulary holds ~14,000 characters).
         lowercase: Whether a trained vocabulary lower-cases (uncased BERT).
         max_seq_length: Longest instance, [CLS] and [SEP]s included.
         short_seq_prob: Fraction of instances with a shorter random target length.
@@ -472,7 +475,8 @@ class PretrainingDataModule(BertDataModule):
                  dataset_split: str = "train", dataset_validation_split: str | None = None,
                  text_column: str = "text", streaming: bool = False,
                  validation_documents: float = 0.05, tokenizer: str | None = None,
-                 tokenizer_vocab_size: int = 30522, lowercase: bool = True,
+                 tokenizer_vocab_size: int = 30522, tokenizer_alphabet: int = 1000,
+                 lowercase: bool = True,
                  max_seq_length: int = 128, short_seq_prob: float = 0.1,
                  next_sentence_prob: float = 0.5, dupe_factor: int = 1, pool_size: int = 10000,
                  shuffle_buffer: int = 1000,
@@ -518,6 +522,7 @@ class PretrainingDataModule(BertDataModule):
         self.streaming = streaming
         self.validation_documents = validation_documents
         self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.tokenizer_alphabet = tokenizer_alphabet
         self.lowercase = lowercase
         self.max_seq_length = max_seq_length
         self.dupe_factor = dupe_factor
@@ -649,7 +654,9 @@ class PretrainingDataModule(BertDataModule):
         train = self.documents()["train"]
         corpus_key = (train._fingerprint if isinstance(train, datasets.Dataset)
                       else (self.source_name(), self.dataset_config, self.validation_documents))
-        key = fingerprint("wordpiece", corpus_key, self.tokenizer_vocab_size, self.lowercase)
+        alphabet = (self.tokenizer_alphabet,) if self.tokenizer_alphabet != 1000 else ()
+        key = fingerprint("wordpiece", corpus_key, self.tokenizer_vocab_size, self.lowercase,
+                          *alphabet)
         cache = Path(datasets.config.HF_DATASETS_CACHE) / "bertzoo-tokenizers" / key
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / "tokenizer.json"
@@ -660,6 +667,7 @@ class PretrainingDataModule(BertDataModule):
                 with tokenizers_parallelism(self.num_workers == 0):
                     trained = train_tokenizer(texts=_sentences(train),
                                               vocab_size=self.tokenizer_vocab_size,
+                                              limit_alphabet=self.tokenizer_alphabet,
                                               lowercase=self.lowercase)
                 atomic_write(path, lambda tmp: trained.save(tmp))
         return Tokenizer.from_file(str(path))
