@@ -7,7 +7,6 @@ The encoder, config, checkpoint and tokenizer API load with torch alone; the Lig
 from bertzoo.checkpoint import CheckpointError, save_pretrained
 from bertzoo.config import BertConfig, ConfigError
 from bertzoo.model import BertEncoder, BertForPreTraining, BertOutput, PreTrainingOutput
-from bertzoo.tasks.registry import TaskSpec, get_task, list_tasks
 from bertzoo.tokenizer import TokenizerError, load_tokenizer, save_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
@@ -15,8 +14,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "PretrainingModule": "bertzoo.pretraining",
     "PretrainingDataModule": "bertzoo.pretraining",
-    "TaskModule": "bertzoo.tasks.base",
-    "TaskDataModule": "bertzoo.tasks.base",
+    "TaskModule": "bertzoo.tasks",
+    "TaskDataModule": "bertzoo.tasks",
+    "TaskSpec": "bertzoo.tasks",
+    "get_task": "bertzoo.tasks",
+    "list_tasks": "bertzoo.tasks",
 }
 
 
@@ -30,6 +32,5 @@ def __getattr__(name):
 __all__ = [
     "BertConfig", "ConfigError", "BertEncoder", "BertForPreTraining", "BertOutput",
     "PreTrainingOutput", "CheckpointError", "save_pretrained", "TokenizerError",
-    "load_tokenizer", "save_tokenizer", "train_tokenizer", "TaskSpec", "get_task", "list_tasks",
-    *_LAZY,
+    "load_tokenizer", "save_tokenizer", "train_tokenizer", *_LAZY,
 ]

@@ -44,6 +44,7 @@ import torch
 
 from bertzoo.checkpoint import to_hf_state_dict
 from bertzoo.config import BertConfig
+from bertzoo.files import atomic_write
 from bertzoo.model import IGNORE_INDEX, BertForPreTraining
 from bertzoo.training import tune_cpu_process
 
@@ -634,7 +635,6 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|", flush=True)
     rows = run(args)
     if args.json:
-        from bertzoo.checkpoint import atomic_write
         payload = {"device": args.device, "precision": args.precision,
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "repeats": args.repeats, "warmup": args.warmup,

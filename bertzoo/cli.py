@@ -1,11 +1,4 @@
-"""`bertzoo`: the one command.
-
-    bertzoo pretrain --config recipes/pretrain/tiny.yaml [overrides]   MLM + NSP pretraining
-    bertzoo fit|validate|test|predict --task NAME --config RECIPE         any registered task
-    bertzoo tasks                                                         the registry, as a table
-    bertzoo export CKPT OUT_DIR                                           Hugging Face folder
-    bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
-    bertzoo bench [--device cuda]                                         speed vs transformers
+"""`bertzoo`: the one command (`USAGE` lists the subcommands).
 
 `pretrain` and the task commands are LightningCLI (jsonargparse) underneath: every argument of
 the model, the data module and the Trainer is settable from YAML or the command line, and
@@ -29,9 +22,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bertzoo import recipe_catalog
+from bertzoo.config import ConfigError
+from bertzoo.files import CKPT_KEY, CheckpointError, read_torch_file
+from bertzoo.tokenizer import TokenizerError
+
 RUNS_DIR = "runs"
 TASK_COMMANDS = ("fit", "validate", "test", "predict")
-USAGE = __doc__.split("\n\n")[1]
+# The usage text is not taken from the docstring: `python -OO` drops docstrings.
+USAGE = """\
+    bertzoo pretrain --config recipes/pretrain/tiny.yaml [overrides]   MLM + NSP pretraining
+    bertzoo fit|validate|test|predict --task NAME --config RECIPE         any registered task
+    bertzoo tasks                                                         the registry, as a table
+    bertzoo export CKPT OUT_DIR                                           Hugging Face folder
+    bertzoo recipes [copy NAME DIR]                                       the packaged recipes
+    bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
+    bertzoo bench [--device cuda]                                         speed vs transformers"""
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -72,8 +78,8 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
     """The Trainer setup every bertzoo run shares; any of it can be overridden by a recipe."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bertzoo.training import (BestCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss,
-                                  TokensPerSecond)
+    from bertzoo.training import (BestCheckpoint, LastCheckpoint, SaveOnInterrupt,
+                                  StopOnNonFiniteLoss, TokensPerSecond)
     logger_args = {"save_dir": RUNS_DIR, "name": name, "version": version}  # -> version_<n>
     # bertzoo's CSVLogger keeps metrics.csv when `--ckpt_path last` resumes in the run's folder.
     loggers = [{"class_path": "bertzoo.training.AppendingCSVLogger", "init_args": logger_args}]
@@ -85,8 +91,9 @@ def trainer_defaults(name: str, version: int, monitor: str, mode: str,
         pass
     callbacks = [
         *extra_callbacks,
-        BestCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
-                       filename="best-{step}", auto_insert_metric_name=False),
+        BestCheckpoint(monitor=monitor, mode=mode, save_top_k=1, filename="best-{step}",
+                       auto_insert_metric_name=False),
+        LastCheckpoint(),  # last.ckpt at every validation and at the end: `--ckpt_path last`
         LearningRateMonitor(logging_interval="step"),
         TokensPerSecond(),
         StopOnNonFiniteLoss(),  # a NaN loss stops the run before it is checkpointed
@@ -124,8 +131,7 @@ def suggest_closest_key(message: str, parser) -> str:
         unknown = on_command_line.group(1)
     else:
         return message
-    known = {action.dest for action in getattr(parser, "_actions", ())
-             if isinstance(getattr(action, "dest", None), str)}
+    known = known_keys(parser)
     closest = difflib.get_close_matches(unknown, sorted(known), n=1, cutoff=0.6)
     if not closest:
         return message
@@ -133,28 +139,44 @@ def suggest_closest_key(message: str, parser) -> str:
            f"{closest[0]}'?"
 
 
+def known_keys(parser) -> set[str]:
+    """Every key `parser` accepts ("data.text_column", "trainer.max_epochs", ...)."""
+    try:
+        return set(parser.get_defaults().keys())
+    except Exception:  # a suggestion is a courtesy: the parser's own error is reported anyway
+        return set()
+
+
 def checkpoint_for_cli(path: str):
     """A --ckpt_path checkpoint read without running pickled code, or a CheckpointError that
     names the file (a truncated copy gave a raw unpickling traceback)."""
-    import torch
+    return read_torch_file(path, described_as=f"--ckpt_path {path}", mmap=True)
 
-    from bertzoo.checkpoint import CheckpointError, describe_load_error
+
+def describe_module(qualified_name: str) -> str:
+    """'bertzoo.tasks.ner.NerModule' -> "bertzoo.tasks.ner.NerModule (task 'ner')"."""
+    from bertzoo.tasks.registry import list_tasks
+    commands = {"bertzoo.pretraining.module.PretrainingModule": "bertzoo pretrain"}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated, not a checkpoint, or pickled objects
-        raise CheckpointError(f"--ckpt_path {path} is not a readable checkpoint "
-                              f"({describe_load_error(err)})") from err
+        for task in list_tasks():
+            if task.spec is not None:
+                module = task.spec.module
+                commands.setdefault(f"{module.__module__}.{module.__qualname__}",
+                                    f"task {task.name!r}")
+    except Exception:  # naming the task is a courtesy; a broken registry must not hide the error
+        pass
+    command = commands.get(qualified_name)
+    return f"{qualified_name} ({command})" if command else qualified_name
 
 
 def check_checkpoint_module(ckpt: dict, path: str, module_class) -> None:
     """--ckpt_path resumes (or evaluates) the module that wrote the checkpoint: another task's
     checkpoint is refused before Lightning merges its hyper-parameters into this task's."""
-    from bertzoo.checkpoint import CKPT_KEY
     from bertzoo.training import refuse_another_modules_checkpoint
     info = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
     if module_class is not None:
         refuse_another_modules_checkpoint((info or {}).get("module"), module_class,
-                                          f"--ckpt_path {path}")
+                                          f"--ckpt_path {path}", describe=describe_module)
 
 
 def _parser_class():
@@ -184,9 +206,10 @@ def _lightning_cli_class():
             self.command = kwargs["args"][0]
             super().__init__(*args, parser_class=_parser_class(), **kwargs)
 
-        def _parse_ckpt_path(self) -> None:
-            # Lightning reads the checkpoint here to merge its hyper-parameters into the model's
-            # arguments: check first that it is readable and of this module.
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # Next, Lightning reads a --ckpt_path checkpoint to merge its hyper-parameters into
+            # the model's arguments: check first that it is readable and of this module.
             config = self.config[self.config.subcommand] if self.config.get("subcommand") \
                 else self.config
             ckpt_path = config.get("ckpt_path")
@@ -196,7 +219,6 @@ def _lightning_cli_class():
                     model_class = resolve_class(config.model.get("class_path")
                                                 if config.get("model") else None)
                 check_checkpoint_module(checkpoint_for_cli(ckpt_path), ckpt_path, model_class)
-            super()._parse_ckpt_path()
 
         def subcommands(self) -> dict[str, set[str]]:
             # Only the subcommand being run: building the parser of each (model, data and
@@ -236,7 +258,6 @@ def fill_from_checkpoint(config, subclass_mode: bool = False) -> None:
     """Apply bertzoo's defaults that depend on other values: `data.tokenizer` from the backbone
     or the checkpoint, and a model restored from `--ckpt_path` built from that checkpoint's
     stored config (so its original backbone folder need not exist)."""
-    from bertzoo.checkpoint import CKPT_KEY
     model = _init_args(config.model, subclass_mode)
     data = _init_args(config.data, subclass_mode) if config.get("data") else None
     ckpt_path = config.get("ckpt_path")
@@ -513,6 +534,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "tasks": cmd_tasks,
     "export": cmd_export,
+    "recipes": recipe_catalog.main,
 }
 
 
@@ -551,10 +573,7 @@ def interruptions() -> tuple[type[BaseException], ...]:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that report bad input (their message says what and where), not bugs."""
-    from bertzoo.checkpoint import CheckpointError
-    from bertzoo.config import ConfigError
     from bertzoo.tasks.registry import TaskError
-    from bertzoo.tokenizer import TokenizerError
     errors: list[type[BaseException]] = [CheckpointError, ConfigError, TaskError,
                                          TokenizerError, FileNotFoundError]
     if "bertzoo.training" in sys.modules:

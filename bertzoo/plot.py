@@ -14,6 +14,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from bertzoo.files import atomic_write
+
 
 class PlotError(ValueError):
     """A run folder without metrics to plot."""
@@ -45,7 +47,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bertzoo.checkpoint import atomic_write
     run_dir = Path(run_dir)
     metrics_csv = run_dir / "metrics.csv" if run_dir.is_dir() else run_dir
     if not metrics_csv.is_file():

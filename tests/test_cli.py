@@ -36,6 +36,19 @@ def test_usage_and_unknown_command(capsys):
     assert "unknown command 'train'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["--help"], ["tasks"]], ids=["help", "tasks"])
+def test_the_command_runs_under_python_OO(command):
+    """`python -OO` drops docstrings: the usage text must not come from one."""
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-OO", "-m", "bertzoo", *command],
+                          capture_output=True, text=True, env={**os.environ}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = "bertzoo pretrain --config" if command == ["--help"] else "classification"
+    assert expected in done.stdout
+
+
 def test_task_name_from_the_command_line_or_the_recipe(tmp_path):
     recipe = write_yaml(tmp_path / "r.yaml", {"task": "classification", "data": {}})
     assert task_from_args(["--task", "ner", "--x", "1"]) == ("ner", ["--x", "1"])

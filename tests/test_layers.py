@@ -115,6 +115,18 @@ def test_core_needs_no_lightning():
     assert not found, "the core must load with torch alone:\n" + "\n".join(found)
 
 
+def test_import_bertzoo_loads_no_lightning():
+    """`import bertzoo` (the encoder, config, checkpoints, tokenizer) needs torch alone; the
+    Lightning parts load when first named."""
+    import subprocess
+    import sys
+    probe = ("import sys, bertzoo; bertzoo.BertEncoder; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (NOT_IN_CORE,))
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]", f"import bertzoo loaded {loaded}"
+
+
 def test_no_import_cycles():
     """Modules, not packages: `bertzoo.tasks` (its __init__) and `bertzoo.tasks.base` are nodes
     of their own. Counting imports inside functions too."""

@@ -37,7 +37,9 @@ from torch import Tensor, nn
 
 from bertzoo.config import ConfigError
 from bertzoo.model import IGNORE_INDEX, BertForPreTraining
-from bertzoo.training import BertModule, build_encoder, share_of_global_mean
+from bertzoo.training import (BertModule, attached_trainer, build_encoder,
+                              check_backbone_or_config, check_vocab_size, lightning_compat,
+                              share_of_global_mean)
 
 log = logging.getLogger("bertzoo")
 
@@ -102,26 +104,18 @@ class PretrainingModule(BertModule):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile)
         self.save_hyperparameters()
-        if backbone and config:
-            raise ConfigError("give either model.backbone (a checkpoint to continue pretraining "
-                              "from) or model.config (a preset for a new model), not both")
+        # The rule every module follows (`bertzoo.training.encoder`); a backbone brings its
+        # MLM/NSP heads too, where it has them.
+        check_backbone_or_config(backbone, config)
         if backbone:
             self.model = BertForPreTraining.from_pretrained(backbone)
-            source = f"the backbone {backbone}"
+            check_vocab_size(vocab_size, self.model.config, f"the backbone {backbone}")
         else:
-            if vocab_size is None and isinstance(config, dict):
-                vocab_size = config.get("vocab_size")  # e.g. a checkpoint's stored config
             encoder = build_encoder(None, config, vocab_size)
             self.model = BertForPreTraining(encoder.config, encoder=encoder)
-            source = "model.config"
         bert = self.model.config
-        if vocab_size is not None and vocab_size != bert.vocab_size:
-            raise ConfigError(
-                f"the tokenizer has {vocab_size} tokens but {source} has vocab_size "
-                f"{bert.vocab_size}; they must match (drop vocab_size from model.config to take "
-                f"the tokenizer's, or use the backbone's own tokenizer)")
         self.check_sequence_length(max_seq_length)
-        self.seed = seed
+        self.seed = seed  # BertModule.seed: the per-step dropout seed
         self.metrics = self.stage_metrics(torchmetrics.MetricCollection({
             "mlm_loss": torchmetrics.MeanMetric(),
             "perplexity": Perplexity(),
@@ -148,7 +142,7 @@ class PretrainingModule(BertModule):
     # ------------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is not None:
             self.check_sequence_length(getattr(datamodule, "max_seq_length", None))
             vocab = getattr(datamodule, "vocab_size", None)
@@ -158,15 +152,12 @@ class PretrainingModule(BertModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        # Lightning counts the logging step (`_batches_that_stepped`) after validation, so a
-        # checkpoint saved at the end of a validation inside fit holds one less than the steps
-        # taken, and a run resumed from it logged every later step one too low (seen with
-        # Lightning 2.6). Store the count the resumed run must continue from.
-        loops = checkpoint.get("loops", {}).get("fit_loop", {})
-        state = loops.get("epoch_loop.state_dict")
-        if state is not None and self._trainer is not None and self.trainer.validating \
-                and self.trainer.state.fn == "fit":
-            state["_batches_that_stepped"] = self.trainer.global_step
+        # A checkpoint saved at the end of a validation inside fit holds a logging step one
+        # less than the steps taken (see `lightning_compat.set_logging_step`): store the count
+        # the resumed run must continue from.
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.validating and trainer.state.fn == "fit":
+            lightning_compat.set_logging_step(checkpoint, trainer.global_step)
 
     # ------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Tensor]):
@@ -178,7 +169,8 @@ class PretrainingModule(BertModule):
         writes to the logs (every `trainer.log_every_n_steps`). On CPU, updating and logging a
         dozen values costs ~25 ms a step, more than a third of the tiny model's step, and
         the curves need no more points."""
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        trainer = attached_trainer(self)
+        every = trainer.log_every_n_steps if trainer is not None else 1
         return (self.global_step + 1) % max(1, every) == 0
 
     def _step(self, stage: str, batch: dict[str, Tensor]) -> Tensor:

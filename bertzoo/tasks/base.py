@@ -26,7 +26,7 @@ Optional hooks (all have defaults; added after the first version, nothing was re
     TaskDataModule.lengths(split)         per-row lengths for length-grouped batching
                                           (default: len(input_ids)); override when a row
                                           holds several sequences (multiple choice)
-    TaskModule.checkpoint_monitor         (metric, "min"|"max") when the metric the best
+    BertModule.checkpoint_monitor         (metric, "min"|"max") when the metric the best
                                           checkpoint is chosen by depends on the
                                           configuration (default: the TaskSpec's monitor)
 """
