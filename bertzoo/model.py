@@ -353,15 +353,16 @@ class BertForPreTraining(nn.Module):
     With `mlm_labels` (B, T; IGNORE_INDEX where nothing is predicted) the MLM head runs on the
     M labelled positions only; without them it runs on every position, as Hugging Face does.
     `kernels` is the encoder's (see `BertEncoder`); a given `encoder` keeps its own.
-    `nsp=False` leaves the NSP head out (masked LM only, as RoBERTa, Liu et al. 2019, 4.2):
-    `nsp_logits` is then None and the loss is the MLM loss.
+    `nsp=False` leaves the NSP head out (masked LM only, as RoBERTa, Liu et al. 2019, 4.2), and
+    the pooler, which only NSP reads: `nsp_logits` is then None and the loss is the MLM loss.
     """
 
     def __init__(self, config: BertConfig, encoder: BertEncoder | None = None,
                  kernels: str = "auto", nsp: bool = True):
         super().__init__()
         self.config = config
-        self.encoder = encoder if encoder is not None else BertEncoder(config, kernels=kernels)
+        self.encoder = (encoder if encoder is not None
+                        else BertEncoder(config, add_pooler=nsp, kernels=kernels))
         if nsp and self.encoder.pooler is None:
             raise ValueError("next sentence prediction needs the pooler; build the encoder "
                              "with add_pooler=True")
@@ -408,7 +409,7 @@ class BertForPreTraining(nn.Module):
         """Encoder and heads from a checkpoint; heads it lacks are initialised (logged). With
         `nsp=False` a checkpoint's NSP head is left out."""
         config, state, source = load_state(path)
-        encoder = BertEncoder(config, kernels=kernels)
+        encoder = BertEncoder(config, add_pooler=nsp, kernels=kernels)
         load_into(encoder, state, source, optional=("pooler.",))
         model = cls(config, encoder=encoder, nsp=nsp)
         heads = ("mlm_head", "nsp_head") if nsp else ("mlm_head",)
