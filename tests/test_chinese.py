@@ -4,6 +4,7 @@ repository; see its SOURCES.md). Without the copy these tests fail, naming where
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
 from pathlib import Path
@@ -126,3 +127,38 @@ def test_without_jieba_the_error_names_the_extra(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"bertzoo pretrain: error: {message}"
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+# --------------------------------------------------------------------------- a tiny offline run
+def test_the_chinese_recipe_runs_offline_on_the_article(article, tmp_path, monkeypatch):
+    """recipes/pretrain/zh-wikipedia.yaml with its header's local-files override pointed at
+    the article, and a tiny model: a few steps of whole-word-masked MLM, a checkpoint whose
+    tokenizer knows the article's characters."""
+    import json
+
+    import torch
+    import yaml
+    recipe = Path(__file__).resolve().parents[1] / "recipes/pretrain/zh-wikipedia.yaml"
+    assert yaml.safe_load(recipe.read_text())["data"]["dataset_config"] == "20231101.zh"
+    monkeypatch.chdir(tmp_path)
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64}
+    assert main(["pretrain", "--config", str(recipe), "--data.dataset", "null",
+                 "--data.dataset_config", "null", "--data.streaming", "false",
+                 "--data.train_files", str(ARTICLE), "--data.format", "text",
+                 "--data.validation_documents", "0", "--data.num_workers", "0",
+                 "--data.tokenizer_vocab_size", "1500", "--data.max_seq_length", "64",
+                 "--data.batch_size", "8", "--model.config", json.dumps(tiny),
+                 "--trainer.max_steps", "3", "--trainer.devices", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    run = tmp_path / "runs/pretrain/version_0"
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_str(checkpoint["bertzoo"]["tokenizer"])
+    encoded = tokenizer.encode("预训练语言模型", add_special_tokens=False).tokens
+    assert encoded == list("预训练语言模型")  # one token per character, none unknown
+    losses = [float(r["train/loss_step"]) for r in csv.DictReader((run / "metrics.csv").open())
+              if r.get("train/loss_step")]
+    assert len(losses) == 3 and all(np.isfinite(losses))

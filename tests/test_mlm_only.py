@@ -123,29 +123,28 @@ def test_without_nsp_the_model_has_no_nsp_head_or_loss():
 
 # ------------------------------------------------------------------------------ a tiny run
 def test_a_tiny_run_learns_more_than_token_frequencies(tmp_path, monkeypatch):
-    """recipes/pretrain/mlm-only.yaml, scaled down (a tiny model, 80 steps, a higher rate):
+    """recipes/pretrain/mlm-only.yaml, scaled down (a tiny model, 200 steps, a higher rate):
     the validation MLM accuracy ends above the majority baseline (always predicting the most
     frequent masked token), and nothing of NSP is logged or saved."""
     monkeypatch.chdir(tmp_path)
     corpus = write_bert_corpus(tmp_path / "corpus.txt",
                                synthetic_documents(300, seed=6, min_sentences=3, max_sentences=10))
     model = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 128, "max_position_embeddings": 64}
+             "intermediate_size": 128, "max_position_embeddings": 32}
     assert main(["pretrain", "--config", str(RECIPES / "mlm-only.yaml"),
                  f"--data.train_files={corpus}", "--data.tokenizer_vocab_size=300",
-                 "--data.max_seq_length=64", "--data.batch_size=16", "--data.num_workers=0",
+                 "--data.max_seq_length=32", "--data.batch_size=16", "--data.num_workers=0",
                  "--data.num_proc=null", "--data.validation_documents=20",
                  "--model.config=" + json.dumps(model), "--model.learning_rate=3e-3",
-                 "--trainer.max_steps=80", "--trainer.val_check_interval=40",
+                 "--trainer.max_steps=200", "--trainer.val_check_interval=100",
                  "--trainer.accumulate_grad_batches=1", "--trainer.devices=1",
                  "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=10",
                  "--trainer.enable_progress_bar=false",
                  "--trainer.enable_model_summary=false"]) == 0
     run = tmp_path / "runs/pretrain/version_0"
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/mlm_accuracy")]
-    assert [int(r["step"]) for r in rows] == [39, 79]
+    assert [int(r["step"]) for r in rows] == [99, 199]
     first, last = rows[0], rows[-1]
-    # (Measured: 0.272 against 0.264; a tiny model this short a time learns little more.)
     assert float(last["val/mlm_accuracy"]) > float(last["val/mlm_majority_accuracy"])
     assert float(last["val/mlm_loss"]) < float(first["val/mlm_loss"])
     assert not [c for c in rows[0] if "nsp" in c]
