@@ -467,6 +467,7 @@ class PretrainingDataModule(BertDataModule):
     """
 
     model_links: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_length")
+    model_settings: ClassVar[tuple[str, ...]] = ("nsp",)  # the CLI sets data.nsp from model.nsp
 
     def __init__(self, train_files: str | list[str] | None = None,
                  validation_files: str | list[str] | None = None,
@@ -634,10 +635,7 @@ class PretrainingDataModule(BertDataModule):
             count = len(documents)
         if count == 0:
             raise CorpusError(f"{source} has no documents (empty, or no line with text)")
-        # Whether NSP is on may be known only once a trainer holds the model (`nsp`); the
-        # documents can be read before (for the tokenizer), and are checked again in `_build`.
-        nsp = self.nsp if self._nsp is not None or self.trainer is not None else None
-        if count == 1 and nsp:
+        if count == 1 and self.nsp:
             raise CorpusError(
                 f"{source} has a single document; next sentence prediction needs at least two "
                 f"(NotNext segments come from another document). In the bert format a blank "
@@ -752,10 +750,6 @@ class PretrainingDataModule(BertDataModule):
 
     def _build(self) -> None:
         self.collator  # a tokenizer without [MASK] fails here, before anything else runs
-        for split, documents in self.documents().items():
-            if documents is not None:
-                self._check_documents(documents, self.source_name() if split == "train" else
-                                      f"the validation documents of {self.source_name()}")
         parallel = (self.num_proc or 1) <= 1 and self.num_workers == 0
         with tokenizers_parallelism(parallel):
             for split in ("train", "validation"):
