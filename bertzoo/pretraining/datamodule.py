@@ -25,10 +25,13 @@ files, or a hub dataset) nothing holds the corpus in memory, whatever its size:
       if it cannot;
     - each process's shards are split again between its DataLoader workers, which read,
       tokenize and build instances in parallel;
-    - documents are shuffled in a buffer of `shuffle_buffer` documents (the shard order too,
-      anew every epoch, with one seed on every process), and instances are built one block of
-      `pool_size` documents at a time, NotNext segments coming from the same block
-      (`StreamedInstances`): memory is bounded by those two numbers, not by the corpus;
+    - documents are shuffled in windows of `shuffle_buffer` documents (rounded up to whole
+      blocks), and instances are built one block of `pool_size` documents at a time, NotNext
+      segments coming from the same block (`StreamedInstances`); with `nsp` off, the window's
+      documents are packed into full rows instead: memory is bounded by those two numbers, not
+      by the corpus;
+    - a resumed run continues every worker's stream where it stopped, re-reading one window
+      (`StreamedInstances`, `StreamLoader`);
     - held-out validation documents (the first `validation_documents`) are filtered out of the
       training stream by content, so no process, worker or shard split can train on them.
 
