@@ -238,6 +238,9 @@ def _lightning_cli_class():
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}"
                                       if self.subclass_mode_model else f"model.{name}",
                                       apply_on="instantiate")
+            if not self.subclass_mode_data:
+                for name in self.datamodule_class.model_settings:
+                    parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="parse")
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config

@@ -287,6 +287,16 @@ def _page_rows(split: str, count: int) -> list[dict[str, Any]]:
             for i, doc in enumerate(documents(count, seed=len(split), min_sentences=4))]
 
 
+def _zh_page_rows(split: str, count: int) -> list[dict[str, Any]]:
+    # Chinese with English words the tiny test vocabulary knows (it has no Chinese: a text of
+    # [UNK] alone would give nothing to mask).
+    sentences = ["BERT是一个the small cat模型。", "Alice sees the dog！", "下一句the bird吗？",
+                 "微调the green river很简单。"]
+    return [{"id": str(i), "url": f"https://zh.wikipedia.org/wiki?curid={i}", "title": f"条目{i}",
+             "text": "".join(sentences[i % 4:] + sentences[:i % 4]) + "\n\n" + sentences[0]}
+            for i in range(count)]
+
+
 WNUT_TAGS = ["O", "B-corporation", "I-corporation", "B-creative-work", "I-creative-work",
              "B-group", "I-group", "B-location", "I-location", "B-person", "I-person",
              "B-product", "I-product"]
@@ -351,6 +361,9 @@ HUB: dict[tuple[str, str | None], HubLayout] = {
                            **{f"ending{k}": _string for k in range(4)},
                            "label": datasets.ClassLabel(names=["0", "1", "2", "3"])}),
         _swag_rows, unlabelled=("test",)),
+    ("wikimedia/wikipedia", "20231101.zh"): HubLayout(
+        ("train",), datasets.Features({"id": _string, "url": _string, "title": _string,
+                                       "text": _string}), _zh_page_rows),
     ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1"): HubLayout(
         ("train", "validation", "test"), datasets.Features({"page": _string}), _page_rows),
 }
@@ -608,6 +621,14 @@ def provide_local_files(recipe: Path, config: dict, values: dict[str, str], fold
         for path in wanted.values():
             small = _small_squad(articles, version_2="v2.0" in path)
             (work / path).write_text(json.dumps(small), encoding="utf-8")
+        return "local copy" if copy else "generated"
+    if any(p.startswith("zh/") for p in wanted.values()):
+        # One article per file: the Chinese article's sections (or generated text).
+        article = ((DATA_COPY / "zh" / "bert-article.txt").read_text(encoding="utf-8") if copy
+                   else "\n".join(row["text"] for row in _zh_page_rows("train", 4)))
+        parts = article.split("\n## ") if copy else article.split("\n")
+        for i, part in enumerate(p for p in parts if p.strip()):
+            (work / "zh" / f"part-{i}.txt").write_text(part, encoding="utf-8")
         return "local copy" if copy else "generated"
     if any(p.startswith("wikitext-2/") for p in wanted.values()):
         for path in wanted.values():
