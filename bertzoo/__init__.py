@@ -19,6 +19,8 @@ _LAZY = {
     "TaskSpec": "bertzoo.tasks",
     "get_task": "bertzoo.tasks",
     "list_tasks": "bertzoo.tasks",
+    "load": "bertzoo.inference",
+    "Predictor": "bertzoo.inference",
 }
 
 

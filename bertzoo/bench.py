@@ -13,6 +13,8 @@ Rows:
     finetune    a classification training step at SST-2 lengths (batch 32): against
                 transformers padded to 128 (run_glue's default) and with dynamic padding
     inference   a classification forward pass at SST-2 lengths, no gradients
+    onnx        the same forward pass exported to ONNX and run by onnxruntime, against bertzoo
+                eager in the same run (ratio > 1: onnxruntime faster; needs bertzoo[onnx])
     memory      peak resident memory of a BERT-base pretraining step, each implementation in a
                 fresh process (CUDA: peak allocated memory)
     flops       achieved GFLOP/s of the BERT-base full-row pretraining step (model FLOPs: what
@@ -20,6 +22,10 @@ Rows:
                 in the same run
     pipeline    the data pipeline (tokenize + NSP instances + dynamic masking) in tokens per
                 second, against the rate at which BERT-mini consumes tokens
+    packing     masked LM only on full rows (`model.nsp: false`) against MLM + NSP on google's
+                sentence-pair instances, bertzoo both sides, at T = 128 and 512 on the
+                embedded corpus: the rows' fill (real tokens / row capacity) and real tokens
+                per second of a training step
 
 transformers is needed only here (`pip install transformers`); bertzoo itself never imports it.
 """
@@ -326,6 +332,48 @@ def bench_classification(config, tokenizer, texts, batch_size, device, precision
     return {name: tokens / s for name, s in seconds.items()}
 
 
+def bench_onnx_inference(config, tokenizer, texts, batch_size, repeats, warmup
+                         ) -> dict[str, float]:
+    """Tokens/s of a classification forward pass (CPU), bertzoo eager against its ONNX export
+    run by onnxruntime, on the same dynamically padded batches, alternating."""
+    import tempfile
+
+    import onnxruntime
+
+    from bertzoo.onnx_export import export_graph, max_difference
+    from bertzoo.tasks.classification import ClassificationModule
+    torch.manual_seed(0)
+    module = ClassificationModule(config=config.to_dict(), vocab_size=config.vocab_size,
+                                  num_labels=2).eval()
+    batches = encode_batches(tokenizer, texts, batch_size, pad_to=None)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        _, inputs, outputs, _ = export_graph(module, batches[0], path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cursors = {"eager": -1, "onnxruntime": -1}
+
+    def batch_of(name):
+        cursors[name] += 1
+        return batches[cursors[name] % len(batches)]
+
+    def eager():
+        with torch.inference_mode():
+            module(batch_of("eager"))
+
+    def graph():
+        batch = batch_of("onnxruntime")
+        session.run(outputs, {name: batch[name].numpy() for name in inputs})
+
+    with torch.inference_mode():
+        difference = max(max_difference(module(b), torch.from_numpy(session.run(
+            outputs, {n: b[n].numpy() for n in inputs})[0]), b["attention_mask"])
+                         for b in batches[:3])
+    seconds = time_alternating({"eager": eager, "onnxruntime": graph}, repeats, warmup,
+                               torch.device("cpu"))
+    tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
+    return {**{name: tokens / s for name, s in seconds.items()}, "max_diff": difference}
+
+
 def _peak_memory_child(kind: str, config_dict: dict, batch: dict, queue) -> None:
     # bertzoo's modules apply tune_cpu_process; transformers runs with glibc's defaults, which
     # give it the lower peak (~3,300 MB against 3,615 MB with bertzoo's settings).
@@ -413,6 +461,46 @@ def bench_pipeline(datamodule, max_documents: int | None = None) -> tuple[float,
         batch = collator(rows[i:i + 32])
         tokens += int(batch["attention_mask"].sum())
     return tokens / (time.perf_counter() - start), tokens
+
+
+def bench_packing(config: BertConfig, tokenizer: str | None, vocab_size: int, seq_len: int,
+                  batch_size: int, device, precision, repeats, warmup) -> Row:
+    """Masked-LM-only full rows against NSP instances at one length: (fill, tokens/s) each."""
+    from bertzoo.pretraining import PretrainingDataModule
+    batches, fill = {}, {}
+    for nsp in (True, False):
+        datamodule = PretrainingDataModule(tokenizer=tokenizer, tokenizer_vocab_size=vocab_size,
+                                           max_seq_length=seq_len, batch_size=batch_size,
+                                           nsp=nsp)
+        datamodule.setup("fit")
+        batches[nsp] = realistic_rows(datamodule, batch_size, count=repeats + warmup)
+        # Over every row of the corpus, against the row capacity T (what a fixed-shape
+        # accelerator pays for).
+        lengths = [len(ids) for ids in datamodule.instances["train"]["input_ids"]]
+        fill[nsp] = sum(lengths) / (len(lengths) * seq_len)
+    config = BertConfig(**{**config.to_dict(), "vocab_size": datamodule.vocab_size,
+                           "max_position_embeddings": max(config.max_position_embeddings,
+                                                          seq_len)})
+    torch.manual_seed(0)
+    models = {nsp: BertForPreTraining(config, nsp=nsp).to(device).train() for nsp in (True, False)}
+    optimizers = {nsp: optimizer_for(model, device) for nsp, model in models.items()}
+    moved = {nsp: [{k: v.to(device) for k, v in b.items()} for b in batches[nsp]]
+             for nsp in batches}
+    cursor = {True: 0, False: 0}
+
+    def step(nsp: bool) -> None:
+        batch = moved[nsp][cursor[nsp] % len(moved[nsp])]
+        cursor[nsp] += 1
+        pretraining_step(models[nsp], optimizers[nsp], batch, device, precision)
+
+    seconds = time_alternating({"mlm": lambda: step(False), "nsp": lambda: step(True)},
+                               repeats, warmup, device)
+    tokens = {nsp: statistics.mean(float(b["attention_mask"].sum()) for b in batches[nsp])
+              for nsp in batches}
+    return Row("packing", f"B={batch_size} T={seq_len} MLM-only full rows vs NSP instances",
+               tokens[False] / seconds["mlm"], tokens[True] / seconds["nsp"],
+               note=f"fill {fill[False]:.0%} vs {fill[True]:.0%}",
+               details={"fill_mlm_only": fill[False], "fill_nsp": fill[True]})
 
 
 # ------------------------------------------------------------------------------ the run
@@ -507,6 +595,23 @@ def run(args: argparse.Namespace) -> list[Row]:
                 rows.append(row)
                 print(_format_row(row), flush=True)
 
+    if "onnx" in args.sections:
+        from bertzoo.tokenizer import load_tokenizer, train_tokenizer
+        texts, source = sst2_texts(args.sst2, args.finetune_batch_size * (args.repeats + 2))
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else train_tokenizer(
+            texts=texts, vocab_size=args.vocab_size, min_frequency=1)
+        for preset in presets:
+            config = config_for(preset)
+            config.vocab_size = tokenizer.get_vocab_size()
+            tps = bench_onnx_inference(config, tokenizer, texts, args.finetune_batch_size,
+                                       args.repeats, args.warmup)
+            row = Row("onnx", f"{preset} B={args.finetune_batch_size} onnxruntime vs bertzoo "
+                      f"eager", tps["onnxruntime"], tps["eager"],
+                      note=f"reference = bertzoo eager; max |diff| {tps['max_diff']:.1e}; "
+                           f"{source}")
+            rows.append(row)
+            print(_format_row(row), flush=True)
+
     if "memory" in args.sections:
         preset = presets[0]
         config = config_for(preset)
@@ -528,6 +633,14 @@ def run(args: argparse.Namespace) -> list[Row]:
                                                   f"consumption" if consumer else "")
         rows.append(row)
         print(_format_row(row), flush=True)
+
+    if "packing" in args.sections:
+        for seq_len in args.packing_seq_lens:
+            row = bench_packing(config_for(presets[0]), args.tokenizer, args.vocab_size, seq_len,
+                                args.batch_size, device, args.precision, args.repeats,
+                                args.warmup)
+            rows.append(row)
+            print(_format_row(row), flush=True)
     return rows
 
 
@@ -552,7 +665,8 @@ def main(argv: list[str]) -> int:
                         help="bf16-mixed autocasts both implementations (GPU)")
     parser.add_argument("--presets", default="base,mini",
                         help="comma-separated BertConfig presets ('test' = a tiny shape)")
-    parser.add_argument("--sections", default="pretrain,finetune,inference,memory,pipeline",
+    parser.add_argument("--sections",
+                        default="pretrain,finetune,inference,memory,pipeline,packing",
                         type=lambda s: s.split(","), help="which rows to run")
     parser.add_argument("--batch-size", type=int, default=8, help="pretraining batch size")
     parser.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length")
@@ -566,6 +680,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sst2", default=None, help="SST-2 train.tsv for realistic lengths")
     parser.add_argument("--pipeline-documents", type=int, default=None,
                         help="limit the pipeline row to this many documents")
+    parser.add_argument("--packing-seq-lens", default="128,512",
+                        type=lambda s: [int(t) for t in s.split(",")],
+                        help="lengths of the packing rows (MLM-only vs NSP instances)")
     parser.add_argument("--no-flops", dest="flops", action="store_false",
                         help="skip the matmul ceiling and GFLOP/s rows")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")

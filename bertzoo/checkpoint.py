@@ -251,7 +251,8 @@ def save_pretrained(directory: str | os.PathLike, encoder, tokenizer=None, heads
     state = {k: v for k, v in encoder.state_dict().items()}
     if heads is not None:
         state.update({f"mlm_head.{k}": v for k, v in heads.mlm_head.state_dict().items()})
-        state.update({f"nsp_head.{k}": v for k, v in heads.nsp_head.state_dict().items()})
+        if heads.nsp_head is not None:  # a masked-LM-only model has none
+            state.update({f"nsp_head.{k}": v for k, v in heads.nsp_head.state_dict().items()})
     hf_state = to_hf_state_dict(state)
     if extra_state:
         if heads is None:

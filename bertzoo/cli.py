@@ -35,10 +35,12 @@ USAGE = """\
     bertzoo pretrain --config recipes/pretrain/tiny.yaml [overrides]   MLM + NSP pretraining
     bertzoo fit|validate|test|predict --task NAME --config RECIPE         any registered task
     bertzoo tasks                                                         the registry, as a table
-    bertzoo export CKPT OUT_DIR                                           Hugging Face folder
+    bertzoo export CKPT OUT_DIR [--format onnx]                           Hugging Face folder
+    bertzoo serve PATH [--port 8000]                                      HTTP: POST /predict
     bertzoo recipes [copy NAME DIR]                                       the packaged recipes
     bertzoo plot RUN_DIR                                                  PNG curves of metrics.csv
-    bertzoo bench [--device cuda]                                         speed vs transformers"""
+    bertzoo bench [--device cuda]                                         speed vs transformers
+    bertzoo glue --model.backbone X [--tasks cola,...] [--resume]         GLUE: dev table, test submission"""
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -248,6 +250,9 @@ def _lightning_cli_class():
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}"
                                       if self.subclass_mode_model else f"model.{name}",
                                       apply_on="instantiate")
+            if not self.subclass_mode_data:
+                for name in self.datamodule_class.model_settings:
+                    parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="parse")
 
         def before_instantiate_classes(self) -> None:
             if self.run_folder is not None:  # the arguments are good: the run starts
@@ -455,9 +460,58 @@ def cmd_export(args: list[str]) -> int:
                                         "tokenizer files)")
     parser.add_argument("--encoder-only", action="store_true",
                         help="write the BertModel layout only, without pretraining/task heads")
+    parser.add_argument("--format", choices=("hf", "onnx"), default="hf",
+                        help="hf: a Hugging Face folder (default); onnx: the task model as an "
+                             "ONNX graph with its tokenizer (pip install 'bertzoo[onnx]')")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="with --format onnx: int8 dynamic quantization (onnxruntime)")
     ns = parser.parse_args(args)
+    if ns.format == "onnx":
+        return export_onnx_command(ns)
     written = export(ns.checkpoint, ns.out_dir, encoder_only=ns.encoder_only)
     print(f"exported {ns.checkpoint} -> {written}")
+    return 0
+
+
+def export_onnx_command(ns) -> int:
+    """`bertzoo export CKPT OUT --format onnx [--quantize int8]`."""
+    try:
+        from bertzoo.onnx_export import export_onnx
+        written, difference = export_onnx(ns.checkpoint, ns.out_dir, quantize=ns.quantize)
+    except ImportError as err:
+        print(f"bertzoo export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {ns.checkpoint} -> {written / 'model.onnx'} (max |difference| from "
+          f"PyTorch on the task's example inputs: {difference:.1e})")
+    return 0
+
+
+def cmd_serve(args: list[str]) -> int:
+    """bertzoo serve PATH: a trained task model behind HTTP (POST /predict, GET /health)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="bertzoo serve", description=cmd_serve.__doc__)
+    parser.add_argument("path", help="a task .ckpt, a run folder, or a `bertzoo export` folder "
+                                     "(Hugging Face or ONNX) of a task model")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--max-batch-size", type=int, default=8,
+                        help="requests batched together on the server (1: no batching)")
+    parser.add_argument("--batch-timeout", type=float, default=0.01,
+                        help="seconds a batch waits for more requests")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="model processes (each loads its own copy)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="inputs per forward pass")
+    ns = parser.parse_args(args)
+    try:
+        from bertzoo.serving import serve
+    except ImportError as err:
+        print(f"bertzoo serve: error: {err}", file=sys.stderr)
+        return 1
+    serve(ns.path, host=ns.host, port=ns.port, device=ns.device,
+          max_batch_size=ns.max_batch_size, batch_timeout=ns.batch_timeout,
+          workers=ns.workers, batch_size=ns.batch_size)
     return 0
 
 
@@ -620,6 +674,11 @@ def cmd_bench(args: list[str]) -> int:
     return bench_main(args)
 
 
+def cmd_glue(args: list[str]) -> int:
+    from bertzoo.glue import main as glue_main
+    return glue_main(args, run_task=cmd_task)
+
+
 def cmd_plot(args: list[str]) -> int:
     from bertzoo.plot import main as plot_main
     return plot_main(args)
@@ -632,6 +691,8 @@ COMMANDS = {
     "tasks": cmd_tasks,
     "export": cmd_export,
     "recipes": recipe_catalog.main,
+    "serve": cmd_serve,
+    "glue": cmd_glue,
 }
 
 

@@ -125,6 +125,29 @@ class BertConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def from_preset_or_file(cls, name_or_path: str | os.PathLike,
+                            **overrides: Any) -> "BertConfig":
+        """`model.config` given as a string: a preset name, or a Hugging Face `config.json`
+        (the file, or a folder holding one) for random initialisation of a known architecture.
+        `overrides` replace its values (the tokenizer's vocab_size is only a default there: a
+        config.json's own vocab_size is kept, and must then match the tokenizer)."""
+        text = os.fspath(name_or_path)
+        if text in PRESETS:
+            return cls.from_preset(text, **overrides)
+        looks_like_path = text.endswith(".json") or os.sep in text or "/" in text
+        if not looks_like_path and not os.path.exists(text):
+            raise ConfigError(f"unknown BERT preset {text!r}; known presets: "
+                              f"{', '.join(PRESETS)} (or a path to a Hugging Face config.json)")
+        if not os.path.exists(text):
+            raise ConfigError(f"model.config: no such file: {text} (expected a preset name, "
+                              f"{', '.join(PRESETS)}, or a Hugging Face config.json)")
+        config = cls.from_hf(text)
+        values = config.to_dict()
+        values.update({k: v for k, v in overrides.items()
+                       if not (k == "vocab_size" and "vocab_size" in values)})
+        return cls(**values, source=config.source)
+
     # ------------------------------------------------------------- dict / JSON
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -121,21 +121,49 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A local file/folder as is; otherwise a Hugging Face Hub id, downloaded (needs internet)."""
+    """A local file/folder as is; otherwise a Hugging Face Hub id, downloaded into (or, with
+    a truthy HF_HUB_OFFLINE, looked up in) the local Hugging Face cache."""
     local = Path(path).expanduser()
     if local.exists():
         return local
     text = str(path)
     looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) and not text.startswith(".")
-    if looks_like_hub_id and not os.environ.get("HF_HUB_OFFLINE"):
-        try:
-            from huggingface_hub import snapshot_download
-            return Path(snapshot_download(text, allow_patterns=[
-                "config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json",
-                "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]))
-        except Exception as err:
-            raise FileNotFoundError(
-                f"{text!r} is neither a local file or folder nor a Hugging Face Hub model that "
-                f"could be downloaded ({type(err).__name__}: {err})") from err
+    if looks_like_hub_id:
+        return _from_hub(text)
     raise FileNotFoundError(f"no such file or folder: {text} (expected a Hugging Face BERT folder, "
                             f"a bertzoo export folder or a Lightning .ckpt file)")
+
+
+HUB_FILES = ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+             "special_tokens_map.json"]
+HUB_SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
+# Many classic BERTs (bert-base-cased, ...) have PyTorch weights only.
+HUB_PYTORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: 1/ON/YES/TRUE (any case) mean offline."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _from_hub(repo_id: str) -> Path:
+    """The snapshot folder of a Hub model: BERT's config, tokenizer and weights (safetensors,
+    else pytorch_model.bin). Offline, only the local cache is read."""
+    from huggingface_hub import snapshot_download
+    offline = hub_offline()
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_SAFETENSORS,
+                                        local_files_only=offline))
+        if not offline and not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_PYTORCH_BIN))
+        return folder
+    except Exception as err:
+        if offline:
+            raise FileNotFoundError(
+                f"no such file or folder: {repo_id}, and the Hugging Face Hub model {repo_id!r} "
+                f"is not in the local cache (offline mode: HF_HUB_OFFLINE="
+                f"{os.environ.get('HF_HUB_OFFLINE')}); download it once online, or unset "
+                f"HF_HUB_OFFLINE") from err
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local file or folder nor a Hugging Face Hub model that "
+            f"could be downloaded ({type(err).__name__}: {err})") from err

@@ -340,7 +340,7 @@ class NextSentenceHead(nn.Module):
 @dataclass
 class PreTrainingOutput:
     mlm_logits: Tensor  # (M, V) at labelled positions, or (B, T, V) when no labels were given
-    nsp_logits: Tensor  # (B, 2)
+    nsp_logits: Tensor | None  # (B, 2); None without the NSP head
     mlm_labels: Tensor | None = None  # (M,) the labels matching mlm_logits' rows
     loss: Tensor | None = None  # mlm_loss + nsp_loss
     mlm_loss: Tensor | None = None  # mean cross-entropy over the M labelled positions
@@ -353,20 +353,24 @@ class BertForPreTraining(nn.Module):
     With `mlm_labels` (B, T; IGNORE_INDEX where nothing is predicted) the MLM head runs on the
     M labelled positions only; without them it runs on every position, as Hugging Face does.
     `kernels` is the encoder's (see `BertEncoder`); a given `encoder` keeps its own.
+    `nsp=False` leaves the NSP head out (masked LM only, as RoBERTa, Liu et al. 2019, 4.2), and
+    the pooler, which only NSP reads: `nsp_logits` is then None and the loss is the MLM loss.
     """
 
     def __init__(self, config: BertConfig, encoder: BertEncoder | None = None,
-                 kernels: str = "auto"):
+                 kernels: str = "auto", nsp: bool = True):
         super().__init__()
         self.config = config
-        self.encoder = encoder if encoder is not None else BertEncoder(config, kernels=kernels)
-        if self.encoder.pooler is None:
+        self.encoder = (encoder if encoder is not None
+                        else BertEncoder(config, add_pooler=nsp, kernels=kernels))
+        if nsp and self.encoder.pooler is None:
             raise ValueError("next sentence prediction needs the pooler; build the encoder "
                              "with add_pooler=True")
         self.mlm_head = MaskedLMHead(config)
-        self.nsp_head = NextSentenceHead(config)
+        self.nsp_head = NextSentenceHead(config) if nsp else None
         self.mlm_head.apply(lambda module: init_weights(module, config))
-        self.nsp_head.apply(lambda module: init_weights(module, config))
+        if self.nsp_head is not None:
+            self.nsp_head.apply(lambda module: init_weights(module, config))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, mlm_labels: Tensor | None = None,
@@ -375,7 +379,8 @@ class BertForPreTraining(nn.Module):
         # TiedWordGradient per pass gives the two uses one (V, H) gradient, not three.
         tied = ops.TiedWordGradient() if self.encoder.selected_kernels.tied_word_gradient else None
         out = self.encoder._encode(input_ids, attention_mask, token_type_ids, tied)
-        nsp_logits = self.nsp_head(out.pooler_output)  # (B, 2)
+        nsp_logits = (self.nsp_head(out.pooler_output)  # (B, 2)
+                      if self.nsp_head is not None else None)
         if mlm_labels is None:
             mlm_logits = self._mlm_logits(out.last_hidden_state, tied)  # (B, T, V)
             return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
@@ -386,7 +391,7 @@ class BertForPreTraining(nn.Module):
                     else mlm_logits.sum() * 0.0)  # a batch with nothing masked adds no loss
         output = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits,
                                    mlm_labels=targets, mlm_loss=mlm_loss, loss=mlm_loss)
-        if nsp_labels is not None:
+        if nsp_labels is not None and nsp_logits is not None:
             output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
             output.loss = mlm_loss + output.nsp_loss
         return output
@@ -399,14 +404,16 @@ class BertForPreTraining(nn.Module):
                             self.mlm_head.bias)  # (..., V)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, kernels: str = "auto"
+    def from_pretrained(cls, path: str | os.PathLike, kernels: str = "auto", nsp: bool = True
                         ) -> "BertForPreTraining":
-        """Encoder and heads from a checkpoint; heads it lacks are initialised (logged)."""
+        """Encoder and heads from a checkpoint; heads it lacks are initialised (logged). With
+        `nsp=False` a checkpoint's NSP head is left out."""
         config, state, source = load_state(path)
-        encoder = BertEncoder(config, kernels=kernels)
+        encoder = BertEncoder(config, add_pooler=nsp, kernels=kernels)
         load_into(encoder, state, source, optional=("pooler.",))
-        model = cls(config, encoder=encoder)
-        initialised = [f"{name}.{key}" for name in ("mlm_head", "nsp_head")
+        model = cls(config, encoder=encoder, nsp=nsp)
+        heads = ("mlm_head", "nsp_head") if nsp else ("mlm_head",)
+        initialised = [f"{name}.{key}" for name in heads
                        for key in load_into(getattr(model, name), state, source,
                                             prefix=name + ".", optional=("",))]
         if initialised:

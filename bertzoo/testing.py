@@ -27,6 +27,11 @@ The checks (`TASK_CHECKS`, each callable alone as `check(spec, folder, backbone)
     check_help_documents_every_argument
                              `bertzoo fit --task NAME --help` shows every model and data
                              argument with a description (an `Args:` entry of its docstring)
+    check_load_export_onnx   `bertzoo.load` of the checkpoint, the run folder, a `bertzoo
+                             export` and an ONNX export answers the task's example inputs
+                             (`TaskSpec.inputs`) with the rows `bertzoo predict` writes; the
+                             ONNX graph equals PyTorch within 1e-4 and names its outputs as
+                             Hugging Face does (needs bertzoo[onnx])
 
 Failures raise AssertionError with a message naming the task, also under `python -O`.
 """
@@ -48,7 +53,10 @@ import torch
 
 from bertzoo.cli import cmd_task, init_parameters, main
 from bertzoo.config import BertConfig
+from bertzoo.export import TASK_RECORD, export
+from bertzoo.inference import load
 from bertzoo.model import BertEncoder
+from bertzoo.onnx_export import export_onnx
 from bertzoo.synthetic import (ADJECTIVES, NAMES, NOUNS, PLACES, VERBS, documents, sentence,
                                sentences)
 from bertzoo.tasks import TaskSpec, get_task
@@ -289,9 +297,103 @@ def check_help_documents_every_argument(spec: TaskSpec, folder: Path | None = No
     expect(not undocumented, f"{name}: no docstring (Args:) for {undocumented}")
 
 
+def fit_and_predict(spec: TaskSpec, folder: Path, backbone: Path, **data) -> tuple[Path, dict]:
+    """One `bertzoo fit` step on the example data, then `bertzoo predict` from its
+    `last.ckpt`: (the fit run's folder, {file name: text} of what predict wrote)."""
+    name = spec.name
+    data_args = {"batch_size": 4, **spec.example_data(Path(folder)), **data}
+    with working_directory(folder):
+        cmd_task("fit", ["--task", name, f"--model.backbone={backbone}",
+                         *_data_arguments(data_args), "--trainer.max_epochs=1",
+                         "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+                         *QUIET])
+        code = main(["predict", "--task", name, "--ckpt_path", "last",
+                     *_data_arguments(data_args), *QUIET])
+        expect(code == 0, f"{name}: bertzoo predict exited with {code}")
+    runs = Path(folder) / "runs" / name
+    written = {p.name: p.read_text() for p in (runs / "version_1").iterdir()
+               if p.suffix in (".json", ".jsonl")}
+    expect(written, f"{name}: bertzoo predict wrote no .json/.jsonl predictions")
+    return runs / "version_0", {"data_args": data_args, "written": written}
+
+
+def expect_close(ours: Any, theirs: Any, where: str, tolerance: float = 1e-4) -> None:
+    """Equal JSON values, numbers within `tolerance`."""
+    if isinstance(ours, float) or isinstance(theirs, float):
+        expect(isinstance(ours, (int, float)) and isinstance(theirs, (int, float))
+               and abs(ours - theirs) <= tolerance, f"{where}: {ours} != {theirs}")
+    elif isinstance(theirs, dict):
+        expect(isinstance(ours, dict) and ours.keys() == theirs.keys(),
+               f"{where}: keys {sorted(ours) if isinstance(ours, dict) else ours} != "
+               f"{sorted(theirs)}")
+        for key in theirs:
+            expect_close(ours[key], theirs[key], f"{where}.{key}", tolerance)
+    elif isinstance(theirs, list):
+        expect(isinstance(ours, list) and len(ours) == len(theirs),
+               f"{where}: {len(ours) if isinstance(ours, list) else ours} items, expected "
+               f"{len(theirs)}")
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            expect_close(a, b, f"{where}[{i}]", tolerance)
+    else:
+        expect(ours == theirs, f"{where}: {ours!r} != {theirs!r}")
+
+
+def expect_rows_of_predict(predictor, inputs: list, written: dict[str, str], what: str) -> None:
+    """`predictor(inputs)`, written as `bertzoo predict` writes rows, equals `written`."""
+    rows = predictor(inputs)
+    expect(len(rows) == len(inputs), f"{what}: {len(rows)} rows for {len(inputs)} inputs")
+    ours = predictor.module.prediction_files(rows)
+    expect(ours.keys() == written.keys(), f"{what}: writes {sorted(ours)}, bertzoo predict "
+                                          f"wrote {sorted(written)}")
+    for name, text in ours.items():
+        parse = ((lambda t: [json.loads(line) for line in t.splitlines()])
+                 if name.endswith(".jsonl") else json.loads)
+        expect_close(parse(text), parse(written[name]), f"{what}: {name}")
+
+
+def check_load_export_onnx(spec: TaskSpec, folder: Path, backbone: Path) -> None:
+    """`bertzoo.load` of the task's `last.ckpt`, its run folder, its `bertzoo export` and its
+    ONNX export (`--format onnx`, run by onnxruntime) answers the example predict inputs
+    (`TaskSpec.inputs.examples`) with the rows `bertzoo predict` wrote (within 1e-4); the
+    ONNX graph matches PyTorch within 1e-4 and names its outputs as the Hugging Face class of
+    the export does."""
+    import transformers
+    name = spec.name
+    expect(spec.inputs is not None, f"{name}: TaskSpec.inputs is not set; a task declares its "
+                                    f"raw inputs (bertzoo.tasks.inputs.RawInputs) so that "
+                                    f"bertzoo.load, bertzoo serve and ONNX export can run it")
+    folder = Path(folder)
+    run, predicted = fit_and_predict(spec, folder, backbone)
+    inputs = spec.inputs.examples(predicted["data_args"])
+    written = predicted["written"]
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    predictor = load(checkpoint)
+    expect(predictor.task == name, f"{name}: load() found the task {predictor.task!r}")
+    expect_rows_of_predict(predictor, inputs, written, f"{name}: load(.ckpt)")
+    expect_rows_of_predict(load(run), inputs, written, f"{name}: load(run folder)")
+    exported = export(checkpoint, folder / "export")
+    expect_rows_of_predict(load(exported), inputs, written, f"{name}: load(export)")
+    onnx_folder, difference = export_onnx(checkpoint, folder / "onnx")
+    expect(difference <= 1e-4, f"{name}: the ONNX graph differs from PyTorch by {difference}")
+    graph = load(onnx_folder)
+    expect(graph.runtime == "onnxruntime", f"{name}: the ONNX export ran with {graph.runtime}")
+    expect_rows_of_predict(graph, inputs, written, f"{name}: load(ONNX export)")
+    config = json.loads((exported / "config.json").read_text())
+    architecture = (config.get("architectures") or [None])[0]
+    if architecture not in (None, "BertModel"):  # a Hugging Face head: the same output names
+        reference = getattr(transformers, architecture).from_pretrained(exported).eval()
+        batch = next(predictor.batches(predictor.rows(inputs[:2]))[1])
+        with torch.no_grad():
+            out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            token_type_ids=batch["token_type_ids"])
+        names = json.loads((onnx_folder / TASK_RECORD).read_text())["onnx"]["outputs"]
+        expect(names == [k for k in out.keys() if k != "loss"],
+               f"{name}: ONNX outputs {names}, {architecture} returns {list(out.keys())}")
+
+
 TASK_CHECKS: tuple[Callable[[TaskSpec, Path, Path], None], ...] = (
     check_spec, check_forward_backward, check_fit_save_load_predict,
-    check_help_documents_every_argument)
+    check_help_documents_every_argument, check_load_export_onnx)
 
 
 def check_task(spec: TaskSpec, folder: str | Path, backbone: str | Path | None = None) -> None:

@@ -111,7 +111,8 @@ def by_hand(ckpt: Path, backbone: Path, train: Path, dev: Path) -> dict[str, flo
                                  * (total ** 2 - (gold_counts ** 2).sum())))
     return {"loss": float(F.cross_entropy(logits, gold)),
             "accuracy": float(correct / total), "macro_f1": sum(f1) / classes,
-            "matthews": matthews}
+            "matthews": matthews,
+            **({"f1": f1[1]} if classes == 2 else {})}  # two labels: the second one's F1
 
 
 def printed_metrics(text: str, prefix: str) -> dict[str, float]:

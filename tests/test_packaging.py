@@ -70,7 +70,7 @@ def test_the_installed_copy_is_the_one_imported(site, tmp_path):
 def test_copy_refuses_to_overwrite(tmp_path, capsys):
     assert recipe_catalog.main(["copy", "classification/sst2", str(tmp_path)]) == 0
     (tmp_path / "sst2.yaml").write_text("mine")
-    assert recipe_catalog.main(["copy", "sst2", str(tmp_path)]) == 1
+    assert recipe_catalog.main(["copy", "classification/sst2", str(tmp_path)]) == 1
     assert (tmp_path / "sst2.yaml").read_text() == "mine"
     assert capsys.readouterr().err.splitlines() == [
         f"bertzoo recipes: error: {tmp_path / 'sst2.yaml'} already exists; not overwritten "

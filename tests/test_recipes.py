@@ -206,6 +206,29 @@ def _glue_rows(pair: bool, regression: bool, positive="positive"):
     return rows
 
 
+def _glue_columns_rows(first: str, second: str | None, classes: int):
+    """GLUE rows with other column names (QQP question1/2, MNLI premise/hypothesis, ...)."""
+    def rows(split: str, count: int) -> list[dict[str, Any]]:
+        rng = random.Random(split)
+        out = []
+        for i in range(count):
+            row = {first: " ".join(_words(rng, 1)), "label": i % classes, "idx": i}
+            if second:
+                row[second] = " ".join(_words(rng, 1))
+            out.append(row)
+        return out
+    return rows
+
+
+def _glue_layout(splits: tuple[str, ...], first: str, second: str | None,
+                 names: list[str]) -> HubLayout:
+    columns = {first: _string, **({second: _string} if second else {})}
+    return HubLayout(splits, datasets.Features({**columns, "label": datasets.ClassLabel(
+        names=names), "idx": datasets.Value("int32")}), _glue_columns_rows(first, second,
+                                                                           len(names)),
+                     unlabelled=tuple(s for s in splits if s.startswith("test")))
+
+
 def _tagging_rows(names: list[str]):
     types = sorted({name[2:] for name in names if name != "O"})
 
@@ -264,6 +287,16 @@ def _page_rows(split: str, count: int) -> list[dict[str, Any]]:
             for i, doc in enumerate(documents(count, seed=len(split), min_sentences=4))]
 
 
+def _zh_page_rows(split: str, count: int) -> list[dict[str, Any]]:
+    # Chinese with English words the tiny test vocabulary knows (it has no Chinese: a text of
+    # [UNK] alone would give nothing to mask).
+    sentences = ["BERT是一个the small cat模型。", "Alice sees the dog！", "下一句the bird吗？",
+                 "微调the green river很简单。"]
+    return [{"id": str(i), "url": f"https://zh.wikipedia.org/wiki?curid={i}", "title": f"条目{i}",
+             "text": "".join(sentences[i % 4:] + sentences[:i % 4]) + "\n\n" + sentences[0]}
+            for i in range(count)]
+
+
 WNUT_TAGS = ["O", "B-corporation", "I-corporation", "B-creative-work", "I-creative-work",
              "B-group", "I-group", "B-location", "I-location", "B-person", "I-person",
              "B-product", "I-product"]
@@ -291,6 +324,19 @@ HUB: dict[tuple[str, str | None], HubLayout] = {
         datasets.Features({"sentence1": _string, "sentence2": _string,
                            "label": datasets.Value("float32"), "idx": datasets.Value("int32")}),
         _glue_rows(pair=True, regression=True), unlabelled=("test",)),
+    ("nyu-mll/glue", "cola"): _glue_layout(("train", "validation", "test"), "sentence", None,
+                                           ["unacceptable", "acceptable"]),
+    ("nyu-mll/glue", "qqp"): _glue_layout(("train", "validation", "test"), "question1",
+                                          "question2", ["not_duplicate", "duplicate"]),
+    ("nyu-mll/glue", "mnli"): _glue_layout(
+        ("train", "validation_matched", "validation_mismatched", "test_matched",
+         "test_mismatched"), "premise", "hypothesis", ["entailment", "neutral", "contradiction"]),
+    ("nyu-mll/glue", "qnli"): _glue_layout(("train", "validation", "test"), "question",
+                                           "sentence", ["entailment", "not_entailment"]),
+    ("nyu-mll/glue", "rte"): _glue_layout(("train", "validation", "test"), "sentence1",
+                                          "sentence2", ["entailment", "not_entailment"]),
+    ("nyu-mll/glue", "wnli"): _glue_layout(("train", "validation", "test"), "sentence1",
+                                           "sentence2", ["not_entailment", "entailment"]),
     ("leondz/wnut_17", None): HubLayout(
         ("train", "validation", "test"),
         datasets.Features({"id": _string, "tokens": datasets.Sequence(_string),
@@ -315,6 +361,9 @@ HUB: dict[tuple[str, str | None], HubLayout] = {
                            **{f"ending{k}": _string for k in range(4)},
                            "label": datasets.ClassLabel(names=["0", "1", "2", "3"])}),
         _swag_rows, unlabelled=("test",)),
+    ("wikimedia/wikipedia", "20231101.zh"): HubLayout(
+        ("train",), datasets.Features({"id": _string, "url": _string, "title": _string,
+                                       "text": _string}), _zh_page_rows),
     ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1"): HubLayout(
         ("train", "validation", "test"), datasets.Features({"page": _string}), _page_rows),
 }
@@ -457,7 +506,8 @@ def test_recipe_reads_its_hub_dataset_as_written(recipe, fake_hub, tiny_backbone
     if command_of(recipe) == "pretrain":
         assert splits == {data["dataset_split"]}
         return
-    assert splits == {"train", "validation"}  # the data module's choice for fit
+    renamed = data.get("dataset_splits") or {}  # MNLI's validation_matched
+    assert splits == {renamed.get("train", "train"), renamed.get("validation", "validation")}
     layout = HUB[(data["dataset"], data.get("dataset_config"))]
     checkpoint = tmp_path / "runs" / task_of(recipe, config).name / "version_0" / \
         "checkpoints" / "last.ckpt"
@@ -571,6 +621,14 @@ def provide_local_files(recipe: Path, config: dict, values: dict[str, str], fold
         for path in wanted.values():
             small = _small_squad(articles, version_2="v2.0" in path)
             (work / path).write_text(json.dumps(small), encoding="utf-8")
+        return "local copy" if copy else "generated"
+    if any(p.startswith("zh/") for p in wanted.values()):
+        # One article per file: the Chinese article's sections (or generated text).
+        article = ((DATA_COPY / "zh" / "bert-article.txt").read_text(encoding="utf-8") if copy
+                   else "\n".join(row["text"] for row in _zh_page_rows("train", 4)))
+        parts = article.split("\n## ") if copy else article.split("\n")
+        for i, part in enumerate(p for p in parts if p.strip()):
+            (work / "zh" / f"part-{i}.txt").write_text(part, encoding="utf-8")
         return "local copy" if copy else "generated"
     if any(p.startswith("wikitext-2/") for p in wanted.values()):
         for path in wanted.values():

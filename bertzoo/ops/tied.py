@@ -31,7 +31,7 @@ class TiedWordGradient:
         """F.linear(h, weight, bias) (under autocast, in autocast's dtype): (..., H) -> (..., V),
         as one matmul over the vocabulary."""
         logits = _TiedProjection.apply(h.reshape(-1, h.shape[-1]), weight, bias, self)
-        return logits.view(*h.shape[:-1], -1)
+        return logits.view(*h.shape[:-1], weight.shape[0])  # -1 is ambiguous when M = 0
 
 
 class _TiedLookup(torch.autograd.Function):

@@ -53,6 +53,9 @@ def fingerprint(*parts: Any) -> str:
 # A sentence ends at ".", "!" or "?" (possibly followed by closing quotes or brackets) when
 # whitespace and then an upper-case letter, a digit or an opening quote/bracket follow.
 _BOUNDARY = re.compile(r"""[.!?]["')\]]*(\s+)(?=["'(\[]?[A-Z0-9])""")
+# Chinese (and Japanese) text ends a sentence at a full-width 。！？ (several in a row count as
+# one end, e.g. "？！"), with any closing quotes or brackets after it, and needs no space after.
+_CJK_BOUNDARY = re.compile(r"""[。！？]+[”’"'」』）)\]】]*""")
 # Words whose final period does not end a sentence; also any single capital letter ("J. Smith").
 ABBREVIATIONS = frozenset("""
     e.g i.e etc vs cf al approx dept est fig figs no nos vol vols pp p ch sec eq eqs mr mrs ms
@@ -66,7 +69,9 @@ def split_sentences(paragraph: str) -> list[str]:
     Rule: a boundary is ".", "!" or "?", optionally followed by closing quotes or brackets, then
     whitespace, then an upper-case letter, a digit or an opening quote/bracket. A boundary after
     a known abbreviation (`ABBREVIATIONS`: "e.g.", "Dr.", "Fig." ...) or after a single capital
-    initial ("J.") is not a boundary. Whitespace inside the paragraph is collapsed.
+    initial ("J.") is not a boundary. Chinese text: a sentence ends after 。, ！ or ？ and the
+    closing quotes or brackets that follow (no whitespace needed). Whitespace inside the
+    paragraph is collapsed.
     """
     text = " ".join(paragraph.split())
     if not text:
@@ -82,7 +87,16 @@ def split_sentences(paragraph: str) -> list[str]:
             sentences[-1] = f"{sentences[-1]} {piece}"
         else:
             sentences.append(piece)
-    return [s for s in (s.strip() for s in sentences) if s]
+    return [s for s in (s.strip() for s in sentences for s in _split_cjk(s)) if s]
+
+
+def _split_cjk(sentence: str) -> list[str]:
+    pieces, start = [], 0
+    for match in _CJK_BOUNDARY.finditer(sentence):
+        pieces.append(sentence[start:match.end()])
+        start = match.end()
+    pieces.append(sentence[start:])
+    return pieces
 
 
 def _ends_with_abbreviation(sentence: str) -> bool:

@@ -25,10 +25,13 @@ files, or a hub dataset) nothing holds the corpus in memory, whatever its size:
       if it cannot;
     - each process's shards are split again between its DataLoader workers, which read,
       tokenize and build instances in parallel;
-    - documents are shuffled in a buffer of `shuffle_buffer` documents (the shard order too,
-      anew every epoch, with one seed on every process), and instances are built one block of
-      `pool_size` documents at a time, NotNext segments coming from the same block
-      (`StreamedInstances`): memory is bounded by those two numbers, not by the corpus;
+    - documents are shuffled in windows of `shuffle_buffer` documents (rounded up to whole
+      blocks), and instances are built one block of `pool_size` documents at a time, NotNext
+      segments coming from the same block (`StreamedInstances`); with `nsp` off, the window's
+      documents are packed into full rows instead: memory is bounded by those two numbers, not
+      by the corpus;
+    - a resumed run continues every worker's stream where it stopped, re-reading one window
+      (`StreamedInstances`, `StreamLoader`);
     - held-out validation documents (the first `validation_documents`) are filtered out of the
       training stream by content, so no process, worker or shard split can train on them.
 
@@ -41,11 +44,14 @@ workers warn, and can deadlock them if they tokenize).
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import itertools
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -54,15 +60,18 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from bertzoo.config import ConfigError
 from bertzoo.data import BatchSampler, distributed_rank_and_size
 from bertzoo.files import atomic_write
+from bertzoo.pretraining import chinese
 from bertzoo.pretraining.corpus import (CorpusError, documents_from_files, fingerprint,
                                         from_hf_dataset, iter_sentences)
 from bertzoo.pretraining.embedded import embedded_documents
-from bertzoo.pretraining.instances import (DocumentPool, InstanceConfig, build_instances,
-                                           document_instances)
+from bertzoo.pretraining.instances import (DocumentPool, InstanceConfig, RowPacker,
+                                           build_instances, document_instances, mlm_row,
+                                           packed_rows)
 from bertzoo.pretraining.masking import MaskingCollator
 from bertzoo.tokenizer import train_tokenizer
 from bertzoo.training.data import BertDataModule
@@ -74,6 +83,7 @@ log = logging.getLogger("bertzoo")
 
 PIPELINE_VERSION = 1  # part of every cache key below the reader; bump when the output changes
 SHUFFLE_STREAM = 2  # separates the streamed-instance order generators (instances: 0, masking: 1)
+WINDOW_STREAM = 3  # ... and the streamed documents' shuffle
 
 
 # ------------------------------------------------------------------------------ torch datasets
@@ -112,23 +122,38 @@ class InstanceDataset(torch.utils.data.Dataset):
 
 
 class StreamedInstances(torch.utils.data.IterableDataset):
-    """Instances built on the fly from a stream of tokenized documents (this process's share).
+    """Instances built on the fly from a stream of tokenized documents (this process's share),
+    with a position that resumes exactly.
 
-    In each DataLoader worker (`datasets` hands every worker its own shards) documents are
-    gathered into blocks of `pool_size`; a block's instances are built with google's algorithm
-    (`instances.document_instances`, NotNext segments drawn from the block), `duplicates`
-    times, and yielded in a random order. Every row is tagged with an index unique across
-    processes, workers and positions, and with the pass: together they seed its masking.
-    Document randomness is keyed the same way, so no two workers draw alike.
+    In each DataLoader worker (`datasets` hands every worker its own shards) the stream is read
+    a window of documents at a time (`shuffle_buffer` rounded up to whole blocks of
+    `pool_size`); a window's documents are shuffled, then cut into blocks of `pool_size` whose
+    instances are built with google's algorithm (`instances.document_instances`, NotNext
+    segments drawn from the block), `duplicates` times, and yielded in a random order. With
+    `nsp=False` the window's documents are packed into full rows instead (`RowPacker`; the
+    rows continue across windows and passes, so no row is padded). Every row is tagged with an
+    index unique across processes, workers and positions, and with the pass: together they
+    seed its masking. Document randomness is keyed the same way, so no two workers draw alike.
 
     The stream repeats, pass after pass (each with a new shard order, document shuffle and
     masking), and never ends by itself: the run's length is `trainer.max_steps`. Under DDP
     that keeps every process stepping together; shares of a stream are never exactly equal,
     and a process whose data ran out first would leave the others waiting.
+
+    Resuming. `state_dict()` is plain data: the pass, the window's number, `datasets`' own
+    position of the stream where the window starts, the rows of the window already yielded,
+    the rows yielded in all, and (`nsp=False`) the tokens carried into the window. `datasets`'
+    `IterableDataset.state_dict` restores a stream's shard and row exactly but not the
+    contents of a shuffle buffer (`.shuffle(buffer_size=...)` refills it with other documents
+    on resume), so the shuffling is done here, per window: a resumed stream re-reads and
+    re-tokenizes at most one window of documents (plus one batch of `datasets.map`), rebuilds
+    its instances and skips the rows already yielded. The same processes x workers layout is
+    required to resume (the position is per worker of each process).
     """
 
     def __init__(self, documents, config: InstanceConfig, pool_size: int, duplicates: int,
-                 seed: int, rank: int = 0, world_size: int = 1):
+                 seed: int, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 0,
+                 nsp: bool = True):
         self.documents = documents  # a datasets.IterableDataset of {"sentence_ids": ...}
         self.config = config
         self.pool_size = pool_size
@@ -136,42 +161,115 @@ class StreamedInstances(torch.utils.data.IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.shuffle = shuffle_buffer > 0
+        self.window = max(1, math.ceil(shuffle_buffer / pool_size)) * pool_size
+        self.nsp = nsp
+        self._state: dict[str, Any] | None = None  # where the running iterator is
+        self._resume: dict[str, Any] | None = None  # where the next iterator starts
+
+    # ---------------------------------------------------------------------------- position
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._state) if self._state is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = copy.deepcopy(state) if state else None
+
+    def _start(self, workers: int, worker_id: int) -> dict[str, Any]:
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return {"processes": self.world_size, "workers": workers,
+                    "stream": self.rank * workers + worker_id, "epoch": 0, "window": 0,
+                    "source": None, "skip": 0, "position": 0, "carry": []}
+        check_stream_layout(resume, self.world_size, workers)
+        return resume
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = torch.utils.data.get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
         streams = self.world_size * workers
-        stream_id = self.rank * workers + worker_id  # this worker of this process
-        position = 0  # rows yielded by this stream, over all passes
-        for epoch in itertools.count():
-            yielded = position
-            for instance in self._pass(epoch, stream_id, streams):
+        self._state = state = self._start(workers, worker_id)
+        while True:
+            for instance in self._epoch(state, state["stream"], streams):
                 yield {"input_ids": instance["input_ids"],
                        "token_type_ids": instance["token_type_ids"],
                        "nsp_label": instance["nsp_label"],
-                       "index": position * streams + stream_id, "epoch": epoch}
-                position += 1
-            if position == yielded:
+                       "index": (state["position"] - 1) * streams + state["stream"],
+                       "epoch": state["epoch"]}
+            if state["window"] == 0:
                 return  # nothing to read here (more workers than shards)
+            state.update(epoch=state["epoch"] + 1, window=0, source=None, skip=0)
 
     def _pass(self, epoch: int, stream_id: int, streams: int) -> Iterator[dict]:
+        """One pass over the stream from its start (the instances, untagged)."""
+        state = {"epoch": epoch, "window": 0, "source": None, "skip": 0, "position": 0,
+                 "carry": []}
+        yield from self._epoch(state, stream_id, streams)
+
+    def _epoch(self, state: dict[str, Any], stream_id: int, streams: int) -> Iterator[dict]:
+        """The rest of the pass `state` is in; `state` follows every row yielded."""
+        epoch = state["epoch"]
         self.documents.set_epoch(epoch)
-        block: list[list[list[int]]] = []
-        previous: list[list[list[int]]] = []
-        block_number = 0
-        for row in self.documents:
+        if state["source"] is not None:
+            self.documents.load_state_dict(state["source"])
+        rows = iter(self.documents)
+
+        def read() -> tuple[list, dict] | None:
+            row = next(rows, None)
+            if row is None:
+                return None
             # int32 arrays: a block of Python int lists would take ~9x the memory
-            block.append([array.array("i", sentence) for sentence in row["sentence_ids"]])
-            if len(block) == self.pool_size:
-                yield from self._block_instances(block, block, epoch, block_number, stream_id,
-                                                 streams)
-                previous, block = block, []
-                block_number += 1
-        if block:
+            return ([array.array("i", sentence) for sentence in row["sentence_ids"]],
+                    self.documents.state_dict())
+
+        ahead: list[tuple[list, dict]] = []
+        while True:
+            window, ahead = ahead, []
+            while len(window) < self.window and (document := read()) is not None:
+                window.append(document)
+            if len(window) == self.window:
+                # A lone last document would make a window (and an NSP block) of its own,
+                # with no other document for its NotNext segment: it joins this window.
+                while len(ahead) < 2 and (document := read()) is not None:
+                    ahead.append(document)
+                if len(ahead) == 1:
+                    window.append(ahead.pop())
+            if not window:
+                return
+            documents = [document for document, _ in window]
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, WINDOW_STREAM, epoch, stream_id,
+                                               state["window"]]).permutation(len(documents))
+                documents = [documents[i] for i in order]
+            if self.nsp:
+                instances = self._window_instances(documents, epoch, state["window"],
+                                                   stream_id, streams)
+            else:
+                packer = RowPacker(self.config.max_seq_length, self.config.cls_id,
+                                   self.config.sep_id, carry=state["carry"])
+                instances = [{**mlm_row(np.asarray(row, dtype=np.int32)),
+                              "token_type_ids": np.zeros(len(row), dtype=np.int8)}
+                             for document in documents for row in packer.add(document)]
+            for k, instance in enumerate(instances):
+                if k < state["skip"]:
+                    continue  # yielded before the checkpoint this run resumed from
+                state["skip"] = k + 1
+                state["position"] += 1
+                yield instance
+            state.update(window=state["window"] + 1, source=window[-1][1], skip=0)
+            if not self.nsp:
+                state["carry"] = packer.carry
+
+    def _window_instances(self, documents, epoch: int, window: int, stream_id: int,
+                          streams: int) -> Iterator[dict]:
+        blocks_per_window = self.window // self.pool_size
+        previous: list = []
+        for b, start in enumerate(range(0, len(documents), self.pool_size)):
+            block = documents[start:start + self.pool_size]
             # A short last block; a lone last document draws its NotNext from the one before.
             pool = block if len(block) >= 2 or not previous else previous + block
-            yield from self._block_instances(block, pool, epoch, block_number, stream_id,
-                                             streams)
+            yield from self._block_instances(block, pool, epoch, window * blocks_per_window + b,
+                                             stream_id, streams)
+            previous = block
 
     def _block_instances(self, block, pool_documents, epoch: int, block_number: int,
                          stream_id: int, streams: int) -> Iterator[dict]:
@@ -200,6 +298,58 @@ class StreamedInstances(torch.utils.data.IterableDataset):
                 yield instances[i]
 
 
+class StreamLoader(StatefulDataLoader):
+    """The data loader of a process's share of a stream, whose position is that of the last
+    batch the training consumed.
+
+    Two things Lightning does with a data loader without a length are undone here: its
+    fetcher draws one batch ahead, so the loader's own state at a checkpoint is one batch
+    past the step saved (`position(consumed)` is the state after the batches consumed,
+    counted by `PretrainingDataModule.on_before_batch_transfer`); and on resume it hands
+    every process the state rank 0 saved (`own_state`, this process's own position, restored
+    by `PretrainingDataModule.load_state_dict`, is loaded instead).
+    """
+
+    own_state: dict[str, Any] | None = None
+    HISTORY = 8  # states kept: the batches drawn ahead of the training loop, with room to spare
+
+    def __iter__(self):
+        self.consumed: int | None = None  # training batches taken (None: not counted)
+        iterator = super().__iter__()
+        # (batches drawn, the state after them)
+        self._states = collections.deque([(0, super().state_dict())], maxlen=self.HISTORY)
+        for drawn, batch in enumerate(iterator, start=1):
+            self._states.append((drawn, super().state_dict()))
+            yield batch
+
+    def position(self) -> dict[str, Any]:
+        """The state after the batches consumed (plain data); without a count of them, after
+        the batches drawn."""
+        if getattr(self, "consumed", None) is None:
+            return self.state_dict()
+        for drawn, state in reversed(self._states):
+            if drawn <= self.consumed:
+                return state
+        raise RuntimeError(f"the training loop is more than {self.HISTORY} batches behind the "
+                           f"data loader")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(self.own_state if self.own_state is not None else state_dict)
+
+
+def check_stream_layout(state: dict[str, Any], processes: int, workers: int) -> None:
+    """Refuse to resume a stream position saved with another processes x workers layout: each
+    worker of each process reads its own shards, and their positions do not carry over."""
+    if (state.get("processes"), state.get("workers")) != (processes, workers):
+        raise CorpusError(
+            f"the checkpoint's position in the streamed corpus was saved with "
+            f"{state.get('processes')} process(es) x {state.get('workers')} data loader "
+            f"worker(s) per process, and this run has {processes} x {workers}; a stream "
+            f"resumes exactly only with the same layout: resume with the same trainer.devices "
+            f"x trainer.num_nodes and data.num_workers (or start a new run from the "
+            f"checkpoint's weights with model.backbone)")
+
+
 def document_key(document: dict[str, list[str]]) -> str:
     """A document's identity by content (held-out documents are filtered by it)."""
     return hashlib.sha1("\n".join(document["sentences"]).encode()).hexdigest()
@@ -223,15 +373,24 @@ def tokenizers_parallelism(enabled: bool):
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def tokenize_documents(batch: dict[str, list], tokenizer) -> dict[str, list]:
+def tokenize_documents(batch: dict[str, list], tokenizer,
+                       word_segmenter: str | None = None) -> dict[str, list]:
     """`datasets.map(batched=True)` function: sentences -> token ids, every sentence of the
-    batch in one `encode_batch` call; documents left without tokens are dropped."""
+    batch in one `encode_batch` call; documents left without tokens are dropped. With a
+    `word_segmenter`, the tokens that continue a Chinese word carry its mark
+    (`bertzoo.pretraining.chinese`)."""
     sentences = [s for document in batch["sentences"] for s in document]
     encodings = tokenizer.encode_batch(sentences, add_special_tokens=False)
+    if word_segmenter is not None:
+        cut = chinese.segmenter(word_segmenter)
+        marked = [chinese.mark_words(sentence, encoding.ids, encoding.offsets, cut)
+                  for sentence, encoding in zip(sentences, encodings)]
+    else:
+        marked = [encoding.ids for encoding in encodings]
     out: list[list[list[int]]] = []
     position = 0
     for document in batch["sentences"]:
-        ids = [encodings[position + k].ids for k in range(len(document))]
+        ids = [marked[position + k] for k in range(len(document))]
         position += len(document)
         ids = [sentence for sentence in ids if sentence]
         if ids:
@@ -281,6 +440,9 @@ class PretrainingDataModule(BertDataModule):
         tokenizer: Tokenizer folder or `.ckpt`; default: `model.backbone`'s, or else a WordPiece
             vocabulary trained on the training documents (cached, saved with the checkpoints).
         tokenizer_vocab_size: Size of the vocabulary trained when no tokenizer is given.
+        tokenizer_alphabet: Most distinct characters a trained vocabulary keeps as tokens of
+            their own (the others become [UNK]); Chinese needs thousands (google's Chinese
+            vocabulary holds ~14,000 characters).
         lowercase: Whether a trained vocabulary lower-cases (uncased BERT).
         max_seq_length: Longest instance, [CLS] and [SEP]s included.
         short_seq_prob: Fraction of instances with a shorter random target length.
@@ -293,7 +455,13 @@ class PretrainingDataModule(BertDataModule):
         mlm_probability: Fraction of the (non-special) tokens predicted.
         mask_token_prob: Of the predicted tokens, the fraction replaced by [MASK].
         random_token_prob: Of the predicted tokens, the fraction replaced by a random token.
-        whole_word_mask: Mask whole words (## pieces together with their word).
+        whole_word_mask: Mask whole words (## pieces together with their word; with
+            `word_segmenter`, the characters of a Chinese word together).
+        word_segmenter: "jieba": segment Chinese text into words for whole-word masking
+            (Chinese-BERT-wwm; needs `pip install 'bertzoo[zh]'`); null for none.
+        nsp: Next sentence prediction: sentence-pair instances (true), or masked LM only with
+            full rows packed across sentences and documents (false, as RoBERTa). Default: the
+            model's `nsp`.
         max_predictions_per_seq: Cap on predicted tokens per sequence (google: 20 at 128, 80 at
             512); null for none.
         batch_size: Training sequences per batch on each device.
@@ -305,6 +473,7 @@ class PretrainingDataModule(BertDataModule):
     """
 
     model_links: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_length")
+    model_settings: ClassVar[tuple[str, ...]] = ("nsp",)  # the CLI sets data.nsp from model.nsp
 
     def __init__(self, train_files: str | list[str] | None = None,
                  validation_files: str | list[str] | None = None,
@@ -313,12 +482,14 @@ class PretrainingDataModule(BertDataModule):
                  dataset_split: str = "train", dataset_validation_split: str | None = None,
                  text_column: str = "text", streaming: bool = False,
                  validation_documents: NonNegativeFloat = 0.05, tokenizer: str | None = None,
-                 tokenizer_vocab_size: PositiveInt = 30522, lowercase: bool = True,
+                 tokenizer_vocab_size: PositiveInt = 30522, tokenizer_alphabet: PositiveInt = 1000,
+                 lowercase: bool = True,
                  max_seq_length: SequenceLength = 128, short_seq_prob: Probability = 0.1,
                  next_sentence_prob: Probability = 0.5, dupe_factor: PositiveInt = 1,
                  pool_size: AtLeastTwoInt = 10000, shuffle_buffer: NonNegativeInt = 1000,
                  mlm_probability: OpenProbability = 0.15, mask_token_prob: Probability = 0.8,
                  random_token_prob: Probability = 0.1, whole_word_mask: bool = False,
+                 word_segmenter: Literal["jieba"] | None = None, nsp: bool | None = None,
                  max_predictions_per_seq: PositiveInt | None = None, batch_size: PositiveInt = 32,
                  eval_batch_size: PositiveInt | None = None,
                  pad_to_multiple_of: PositiveInt | None = None, num_workers: NonNegativeInt = 0,
@@ -341,6 +512,11 @@ class PretrainingDataModule(BertDataModule):
             raise ConfigError(f"data.shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
+        if word_segmenter is not None:
+            if not whole_word_mask:
+                raise ConfigError("data.word_segmenter marks words for whole-word masking; set "
+                                  "data.whole_word_mask: true with it")
+            chinese.segmenter(word_segmenter)  # a missing jieba fails here, before any reading
         super().__init__(tokenizer=tokenizer, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.train_files = train_files
@@ -354,12 +530,17 @@ class PretrainingDataModule(BertDataModule):
         self.streaming = streaming
         self.validation_documents = validation_documents
         self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.tokenizer_alphabet = tokenizer_alphabet
         self.lowercase = lowercase
         self.max_seq_length = max_seq_length
         self.dupe_factor = dupe_factor
         self.pool_size = pool_size
         self.shuffle_buffer = shuffle_buffer
         self.num_proc = num_proc
+        self.word_segmenter = word_segmenter
+        self._nsp = nsp
+        self._stream_positions: list[dict[str, Any]] | None = None  # restored, per process
+        self._stream_loader: StreamLoader | None = None
         # Validate the instance and masking options now, before anything is read.
         self.instance_config = InstanceConfig(max_seq_length=max_seq_length,
                                               short_seq_prob=short_seq_prob,
@@ -374,6 +555,23 @@ class PretrainingDataModule(BertDataModule):
         self._documents: dict[str, Any] | None = None
         self.instances: dict[str, Any] = {}
         self._collator: MaskingCollator | None = None
+
+    @property
+    def nsp(self) -> bool:
+        """Sentence-pair instances for NSP, or full masked-LM rows: `data.nsp` if given, else
+        the model's `nsp` (true without a model)."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        model_nsp = getattr(model, "nsp", None)
+        if self._nsp is not None and model_nsp is not None and self._nsp != model_nsp:
+            raise ConfigError(f"data.nsp is {str(self._nsp).lower()} but model.nsp is "
+                              f"{str(model_nsp).lower()}; set model.nsp alone (the data "
+                              f"follows it)")
+        nsp = self._nsp if self._nsp is not None else model_nsp if model_nsp is not None else True
+        if not nsp and self.dupe_factor > 1:
+            raise ConfigError("data.dupe_factor builds NSP instances several times; masked-LM "
+                              "rows are built once (their masking changes every epoch): set "
+                              "data.dupe_factor: 1 with model.nsp: false")
+        return nsp
 
     # ---------------------------------------------------------------------------- documents
     def source_name(self) -> str:
@@ -444,7 +642,7 @@ class PretrainingDataModule(BertDataModule):
             count = len(documents)
         if count == 0:
             raise CorpusError(f"{source} has no documents (empty, or no line with text)")
-        if count == 1:
+        if count == 1 and self.nsp:
             raise CorpusError(
                 f"{source} has a single document; next sentence prediction needs at least two "
                 f"(NotNext segments come from another document). In the bert format a blank "
@@ -464,7 +662,9 @@ class PretrainingDataModule(BertDataModule):
         train = self.documents()["train"]
         corpus_key = (train._fingerprint if isinstance(train, datasets.Dataset)
                       else (self.source_name(), self.dataset_config, self.validation_documents))
-        key = fingerprint("wordpiece", corpus_key, self.tokenizer_vocab_size, self.lowercase)
+        alphabet = (self.tokenizer_alphabet,) if self.tokenizer_alphabet != 1000 else ()
+        key = fingerprint("wordpiece", corpus_key, self.tokenizer_vocab_size, self.lowercase,
+                          *alphabet)
         cache = Path(datasets.config.HF_DATASETS_CACHE) / "bertzoo-tokenizers" / key
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / "tokenizer.json"
@@ -475,6 +675,7 @@ class PretrainingDataModule(BertDataModule):
                 with tokenizers_parallelism(self.num_workers == 0):
                     trained = train_tokenizer(texts=_sentences(train),
                                               vocab_size=self.tokenizer_vocab_size,
+                                              limit_alphabet=self.tokenizer_alphabet,
                                               lowercase=self.lowercase)
                 atomic_write(path, lambda tmp: trained.save(tmp))
         return Tokenizer.from_file(str(path))
@@ -486,14 +687,16 @@ class PretrainingDataModule(BertDataModule):
         features = datasets.Features(
             {"sentence_ids": datasets.Sequence(datasets.Sequence(datasets.Value("int32")))})
         kwargs = dict(batched=True, remove_columns=["sentences"], features=features,
-                      fn_kwargs={"tokenizer": self.tokenizer})
+                      fn_kwargs={"tokenizer": self.tokenizer,
+                                 "word_segmenter": self.word_segmenter})
         if isinstance(documents, datasets.IterableDataset):
             return documents.map(tokenize_documents, **kwargs)
+        segmenter = (self.word_segmenter,) if self.word_segmenter else ()
         return documents.map(
             tokenize_documents, num_proc=self.processes_for(len(documents)),
             desc=f"tokenizing {split} documents",
             new_fingerprint=fingerprint(documents._fingerprint, "tokenize", PIPELINE_VERSION,
-                                        self.tokenizer.to_str()), **kwargs)
+                                        self.tokenizer.to_str(), *segmenter), **kwargs)
 
     def tokenizer_instance_config(self) -> InstanceConfig:
         """The instance options with this tokenizer's [CLS] and [SEP] ids."""
@@ -515,6 +718,12 @@ class PretrainingDataModule(BertDataModule):
         duplicates = self.dupe_factor if split == "train" else 1
         if isinstance(tokenized, datasets.IterableDataset):
             return tokenized  # instances are built by StreamedInstances, in the workers
+        if not self.nsp:
+            return datasets.Dataset.from_generator(
+                packed_rows, features=features, gen_kwargs={"documents": tokenized,
+                                                            "config": config},
+                fingerprint=fingerprint(tokenized._fingerprint, "packed rows",
+                                        PIPELINE_VERSION, config))
         pool = DocumentPool(_ArrowDocuments(tokenized))
         return tokenized.map(
             build_instances, batched=True, with_indices=True, remove_columns=["sentence_ids"],
@@ -574,30 +783,64 @@ class PretrainingDataModule(BertDataModule):
             warnings.warn(f"{self.source_name()} streams as {documents.num_shards} shard(s) for "
                           f"{world_size} process(es) x {self.num_workers} workers: some workers "
                           f"will have nothing to read", stacklevel=2)
-        if self.shuffle_buffer:
-            # One seed everywhere: every process sees the same shard order before the split.
-            # One shard read at a time: `datasets` would otherwise read up to 10 at once, in
-            # threads, each holding its decoded row group (measured: +0.55 GB per worker with
-            # 10 MB parquet files, so memory grew with the corpus until 10 shards a worker).
-            documents = documents.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer,
-                                          max_buffer_input_shards=1)
         if world_size > 1:
             from datasets.distributed import split_dataset_by_node
             documents = split_dataset_by_node(documents, rank=rank, world_size=world_size)
+        # The documents are shuffled by StreamedInstances, not by `datasets`' shuffle buffer,
+        # whose contents a resumed stream would lose (see StreamedInstances).
         return StreamedInstances(documents, self.tokenizer_instance_config(), self.pool_size,
-                                 self.dupe_factor, self.seed,
-                                 rank=rank, world_size=world_size)
+                                 self.dupe_factor, self.seed, rank=rank, world_size=world_size,
+                                 shuffle_buffer=self.shuffle_buffer, nsp=self.nsp)
 
     def _loader(self, split: str, train: bool):
         if split == "train" and self.streaming:
-            return self.stateful_loader(self.streamed_instances(), self.collator,
-                                        batch_size=self.batch_size)
+            loader = StreamLoader(self.streamed_instances(), batch_size=self.batch_size,
+                                  collate_fn=self.collator, num_workers=self.num_workers)
+            if self._stream_positions is not None:
+                loader.own_state = self._own_stream_position()
+                loader.load_state_dict(loader.own_state)
+            self._stream_loader = loader
+            return loader
         dataset = InstanceDataset(self.instances[split], fixed_epoch=None if train else 0)
         sampler = self.batch_sampler(len(dataset), train, sampler_class=TaggedBatchSampler)
         return self.stateful_loader(dataset, self.collator, batch_sampler=sampler)
 
     def train_dataloader(self):
         return self._loader("train", train=True)
+
+    # ------------------------------------------------------- the position of a streamed corpus
+    def state_dict(self) -> dict[str, Any]:
+        """Streaming: every process's position in its share of the stream (its training data
+        loader's state, plain data), gathered from all processes; Lightning saves rank 0's
+        data loader state only, which is the position of rank 0's share alone."""
+        loader = self._stream_loader
+        if not self.streaming or loader is None:
+            return {}
+        rank, world_size = distributed_rank_and_size()
+        own = {"processes": world_size, "workers": self.num_workers,
+               "loader": loader.position()}
+        positions = [own]
+        if world_size > 1 and torch.distributed.is_initialized():
+            positions = [None] * world_size
+            torch.distributed.all_gather_object(positions, own)
+        return {"stream_positions": positions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._stream_positions = state.get("stream_positions")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Counts the training batches consumed (see `StreamLoader`)."""
+        loader = self._stream_loader
+        if loader is not None and self.trainer is not None and self.trainer.training:
+            loader.consumed = (getattr(loader, "consumed", None) or 0) + 1
+        return batch
+
+    def _own_stream_position(self) -> dict[str, Any]:
+        rank, world_size = distributed_rank_and_size()
+        positions = self._stream_positions
+        check_stream_layout({"processes": len(positions), "workers": positions[0]["workers"]},
+                            world_size, self.num_workers)
+        return positions[rank]["loader"]
 
     def val_dataloader(self):
         return self._loader("validation", train=False) if "validation" in self.instances else []

@@ -166,3 +166,66 @@ def build_instances(batch: dict[str, list], indices: list[int], config: Instance
                 for key, value in instance.items():
                     out[key].append(value)
     return out
+
+
+# ------------------------------------------------------------------- masked LM only: full rows
+class RowPacker:
+    """Documents -> rows of exactly `max_seq_length` tokens, for masked LM without NSP.
+
+    As RoBERTa's FULL-SENTENCES (Liu et al. 2019, Section 4.2) and the "concatenate and chunk"
+    of MosaicBERT and ModernBERT: the documents' tokens form one stream, a `[SEP]` between two
+    documents, and each row is `[CLS]` + the next `max_seq_length - 2` tokens of the stream +
+    `[SEP]`, crossing sentence and document boundaries, all in segment 0. No row is padded but
+    the last one (`finish`). `carry` is the part of the stream not yet in a row: a list of
+    ints, which is all a resumed stream needs to continue the same rows.
+    """
+
+    def __init__(self, max_seq_length: int, cls_id: int, sep_id: int,
+                 carry: Sequence[int] = ()):
+        if max_seq_length < 3:
+            raise ConfigError(f"data.max_seq_length must be at least 3 ([CLS] token [SEP]), "
+                              f"got {max_seq_length}")
+        self.span = max_seq_length - 2
+        self.cls_id, self.sep_id = cls_id, sep_id
+        self.carry = [int(t) for t in carry]
+
+    def add(self, document: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The rows this document completes (none, one or many)."""
+        tokens = [t for sentence in document for t in sentence]
+        if not tokens:
+            return []
+        if self.carry:
+            self.carry.append(self.sep_id)  # the boundary between two documents
+        self.carry.extend(tokens)
+        rows = []
+        while len(self.carry) >= self.span:
+            rows.append(self._row(self.carry[:self.span]))
+            del self.carry[:self.span]
+        return rows
+
+    def finish(self) -> list[list[int]]:
+        """The last, shorter row of the stream (if any tokens are left)."""
+        rows = [self._row(self.carry)] if self.carry else []
+        self.carry = []
+        return rows
+
+    def _row(self, span: Sequence[int]) -> list[int]:
+        return [self.cls_id, *span, self.sep_id]
+
+
+def mlm_row(input_ids: Sequence[int]) -> dict:
+    """An instance of masked LM only: one segment, no NSP label (IGNORE_INDEX, -100)."""
+    return {"input_ids": input_ids, "token_type_ids": [0] * len(input_ids), "nsp_label": -100,
+            "a_document": -1, "b_document": -1}
+
+
+def packed_rows(documents, config: InstanceConfig):
+    """`Dataset.from_generator` function: a map-style corpus's tokenized documents, in order,
+    -> full rows (`RowPacker`), read a thousand documents at a time."""
+    packer = RowPacker(config.max_seq_length, config.cls_id, config.sep_id)
+    for batch in documents.iter(batch_size=1000):
+        for document in batch["sentence_ids"]:
+            for row in packer.add(document):
+                yield mlm_row(row)
+    for row in packer.finish():
+        yield mlm_row(row)

@@ -36,6 +36,12 @@ from bertzoo.model import IGNORE_INDEX
 from bertzoo.tokenizer import TokenizerError, special_ids
 
 MASKING_STREAM = 1  # separates the masking generators from the instance builder's (stream 0)
+# Whole-word masking for text without `##` pieces (Chinese: WordPiece makes every character a
+# token of its own). A word segmenter marks each token that continues the word of the token
+# before it by setting this bit of its id (`bertzoo.pretraining.chinese`); the mark travels
+# through instances, streams and caches with the id (int32, ids < 2**30), and the collator
+# takes it off before anything else reads the id.
+WORD_CONTINUES = 1 << 30
 
 
 class MaskingCollator:
@@ -110,8 +116,10 @@ class MaskingCollator:
         return np.random.default_rng([self.seed, MASKING_STREAM, epoch, index])
 
     # -------------------------------------------------------------------------- one sequence
-    def select(self, input_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Sorted positions selected for prediction in one sequence."""
+    def select(self, input_ids: np.ndarray, rng: np.random.Generator,
+               marked: np.ndarray | None = None) -> np.ndarray:
+        """Sorted positions selected for prediction in one sequence. `marked` (T,): tokens a
+        word segmenter says continue the word before them."""
         maskable = ~self.is_special[input_ids]  # (T,)
         candidates = int(maskable.sum())
         if candidates == 0:
@@ -122,7 +130,10 @@ class MaskingCollator:
         if not self.whole_word_mask:
             return np.sort(rng.permutation(np.flatnonzero(maskable))[:count])
         # A word starts at a maskable token that is not a ## piece following a maskable token.
-        continues = self.is_continuation[input_ids] & np.concatenate(([False], maskable[:-1]))
+        continues = self.is_continuation[input_ids]
+        if marked is not None:
+            continues = continues | marked
+        continues &= np.concatenate(([False], maskable[:-1]))
         starts = maskable & ~continues
         word_of = np.cumsum(starts) - 1  # (T,) word number of each token (valid where maskable)
         positions = np.flatnonzero(maskable)
@@ -145,7 +156,9 @@ class MaskingCollator:
         """(masked input ids, labels) of one sequence; labels are -100 where nothing is
         predicted."""
         input_ids = np.asarray(input_ids, dtype=np.int64)
-        selected = self.select(input_ids, rng)
+        marked = (input_ids & WORD_CONTINUES) != 0
+        input_ids = input_ids & ~WORD_CONTINUES if marked.any() else input_ids
+        selected = self.select(input_ids, rng, marked if self.whole_word_mask else None)
         labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int64)
         labels[selected] = input_ids[selected]
         masked = input_ids.copy()

@@ -9,7 +9,9 @@ Optimisation (AdamW without decay on biases and LayerNorm, linear warm-up then l
 Logged per stage (`train/`, `val/`), through torchmetrics so that they sync across devices:
 `mlm_loss` (mean over masked tokens), `perplexity` (exp of it), `mlm_accuracy`, `nsp_loss`,
 `nsp_accuracy`, and `mlm_majority_accuracy`: the accuracy of always predicting the most frequent
-masked token of that stage, the baseline `mlm_accuracy` is to be read against. Training metrics
+masked token of that stage, the baseline `mlm_accuracy` is to be read against. With
+`nsp=False` (masked LM only, as RoBERTa) there is no NSP head, loss or metric, and the data
+module packs full rows instead of sentence pairs. Training metrics
 are measured on the batches whose step is logged (every `trainer.log_every_n_steps`), validation
 metrics on every batch.
 
@@ -40,8 +42,9 @@ from bertzoo.model import IGNORE_INDEX, BertForPreTraining
 from bertzoo.training import (BertModule, attached_trainer, build_encoder,
                               check_backbone_or_config, check_vocab_size, lightning_compat,
                               share_of_global_mean)
-from bertzoo.training.options import (DropoutRate, NonNegativeFloat, PositiveFloat, PositiveInt,
+from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, PositiveFloat, PositiveInt,
                                       Seed, SequenceLength)
+from bertzoo.training.optim import OptimizerName, SchedulerName
 
 log = logging.getLogger("bertzoo")
 
@@ -96,6 +99,16 @@ class PretrainingModule(BertModule):
         seed: Base of the per-step dropout seed (default: the run's `seed_everything`).
         compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
             options); for GPUs.
+        optimizer: "adamw" (BERT's) or "lamb" (You et al. 2020; NVIDIA's large-batch
+            pretraining at batch 32k-64k).
+        scheduler: The learning-rate schedule: "linear" (warm-up, then linear decay to zero:
+            BERT's), "cosine", "constant" (no warm-up), "constant_with_warmup" or
+            "warmup_stable_decay" (warm-up, flat, then a 1-sqrt decay over the last
+            `decay_fraction` of the steps: ModernBERT's).
+        decay_fraction: The share of the steps "warmup_stable_decay" decays over.
+        nsp: Next sentence prediction. False: masked LM only (RoBERTa, Liu et al. 2019, 4.2):
+            no NSP head, loss or metrics, and the data module, which follows this setting,
+            packs full rows instead of sentence pairs. A backbone's NSP head is then left out.
     """
 
     def __init__(self, backbone: str | None = None, config: str | dict[str, Any] | None = None,
@@ -104,31 +117,37 @@ class PretrainingModule(BertModule):
                  learning_rate: PositiveFloat = 1e-4, weight_decay: NonNegativeFloat = 0.01,
                  warmup: NonNegativeFloat = 10000, adam_epsilon: PositiveFloat = 1e-6,
                  adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
-                 seed: Seed | None = None, compile: bool | dict[str, Any] = False):
+                 seed: Seed | None = None, compile: bool | dict[str, Any] = False,
+                 optimizer: OptimizerName = "adamw", scheduler: SchedulerName = "linear",
+                 decay_fraction: Fraction = 0.1, nsp: bool = True):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
-                         adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile)
+                         adam_epsilon=adam_epsilon, adam_betas=adam_betas, compile=compile,
+                         optimizer=optimizer, scheduler=scheduler, decay_fraction=decay_fraction)
         self.save_hyperparameters()
         # The rule every module follows (`bertzoo.training.encoder`); a backbone brings its
         # MLM/NSP heads too, where it has them.
         check_backbone_or_config(backbone, config)
         if backbone:
-            self.model = BertForPreTraining.from_pretrained(backbone)
+            self.model = BertForPreTraining.from_pretrained(backbone, nsp=nsp)
             check_vocab_size(vocab_size, self.model.config, f"the backbone {backbone}")
         else:
-            encoder = build_encoder(None, config, vocab_size)
-            self.model = BertForPreTraining(encoder.config, encoder=encoder)
+            # Without NSP nothing reads the pooler: none is built (DDP refuses unused weights).
+            encoder = build_encoder(None, config, vocab_size, add_pooler=nsp)
+            self.model = BertForPreTraining(encoder.config, encoder=encoder, nsp=nsp)
         bert = self.model.config
         self.check_sequence_length(max_seq_length)
         self.seed = seed  # BertModule.seed: the per-step dropout seed
+        self.nsp = nsp
+        nsp_metrics = {"nsp_loss": torchmetrics.MeanMetric(),
+                       "nsp_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                           num_classes=2, average="micro")} if nsp else {}
         self.metrics = self.stage_metrics(torchmetrics.MetricCollection({
             "mlm_loss": torchmetrics.MeanMetric(),
             "perplexity": Perplexity(),
             "mlm_accuracy": torchmetrics.classification.MulticlassAccuracy(
                 num_classes=bert.vocab_size, average="micro"),
             "mlm_majority_accuracy": MajorityAccuracy(bert.vocab_size),
-            "nsp_loss": torchmetrics.MeanMetric(),
-            "nsp_accuracy": torchmetrics.classification.MulticlassAccuracy(
-                num_classes=2, average="micro"),
+            **nsp_metrics,
         }, compute_groups=False))
 
     @property
@@ -184,12 +203,14 @@ class PretrainingModule(BertModule):
         if stage == "train":
             # Under DDP: this rank's term of the global batch's mean (see the module docstring);
             # one process gets out.mlm_loss back, and the sum is out.loss itself.
-            loss = share_of_global_mean(out.mlm_loss, masked) + out.nsp_loss
+            loss = share_of_global_mean(out.mlm_loss, masked)
+            if self.nsp:
+                loss = loss + out.nsp_loss
             if not self._measured():
                 return loss
         metrics = self.metrics[stage]
         batch_size = int(batch["input_ids"].shape[0])
-        mlm_loss, nsp_loss = out.mlm_loss.detach(), out.nsp_loss.detach()
+        mlm_loss = out.mlm_loss.detach()
         call = (lambda metric, *args, **kw: metric(*args, **kw)) if stage == "train" else (
             lambda metric, *args, **kw: metric.update(*args, **kw))
         if masked:
@@ -197,8 +218,9 @@ class PretrainingModule(BertModule):
             call(metrics["perplexity"], mlm_loss, weight=masked)
             call(metrics["mlm_accuracy"], out.mlm_logits.detach(), out.mlm_labels)
             call(metrics["mlm_majority_accuracy"], out.mlm_labels)
-        call(metrics["nsp_loss"], nsp_loss, weight=batch_size)
-        call(metrics["nsp_accuracy"], out.nsp_logits.detach(), batch["nsp_labels"])
+        if self.nsp:
+            call(metrics["nsp_loss"], out.nsp_loss.detach(), weight=batch_size)
+            call(metrics["nsp_accuracy"], out.nsp_logits.detach(), batch["nsp_labels"])
         # Training logs the step's loss (synced as the mean over ranks: the global batch's);
         # validation and test log theirs at the epoch's end, from the metrics' sums.
         values = {"loss": loss.detach(), **metrics} if stage == "train" else dict(metrics)
@@ -206,11 +228,12 @@ class PretrainingModule(BertModule):
         return loss
 
     def _log_stage_loss(self, stage: str) -> None:
-        """`<stage>/loss` = the stage's masked-token mean MLM loss + pair mean NSP loss, from
-        the (device-synced) sums the `mlm_loss` and `nsp_loss` metrics hold."""
+        """`<stage>/loss` = the stage's masked-token mean MLM loss + pair mean NSP loss (MLM
+        only without NSP), from the (device-synced) sums the `mlm_loss` and `nsp_loss` metrics
+        hold."""
         metrics = self.metrics[stage]
         mlm = torch.nan_to_num(metrics["mlm_loss"].compute(), nan=0.0)  # nan: nothing masked
-        self.log(f"{stage}/loss", mlm + metrics["nsp_loss"].compute())
+        self.log(f"{stage}/loss", mlm + metrics["nsp_loss"].compute() if self.nsp else mlm)
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage_loss("val")

@@ -12,10 +12,13 @@ A task plugin imports from here alone (and from `bertzoo.testing` in its tests):
     PositiveInt, Probability, ...              option types that carry their range: the
                                                parser refuses a value outside it, and
                                                `--help` shows it
+    RawInputs, InputError                      the raw inputs a trained task takes
+                                               (`TaskSpec.inputs`: bertzoo.load, serve, ONNX)
 """
 
 from bertzoo.data import pad_to
 from bertzoo.tasks.base import DataError, PredictionWriter, TaskDataModule, TaskModule
+from bertzoo.tasks.inputs import InputError, RawInputs
 from bertzoo.tasks.registry import (ENTRY_POINT_GROUP, RegisteredTask, TaskError, TaskSpec,
                                     get_task, list_tasks, register)
 from bertzoo.tokenizer import SpecialIds, special_ids
@@ -26,7 +29,7 @@ from bertzoo.training.options import (AtLeastTwoInt, DropoutRate, FiniteFloat, F
 
 __all__ = ["ENTRY_POINT_GROUP", "RegisteredTask", "TaskError", "TaskSpec", "get_task",
            "list_tasks", "register", "TaskModule", "TaskDataModule", "DataError",
-           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "AtLeastTwoInt",
-           "DropoutRate", "FiniteFloat", "Fraction", "NonNegativeFloat", "NonNegativeInt",
-           "OpenProbability", "PositiveFloat", "PositiveInt", "Probability", "Seed",
-           "SequenceLength", "check_range"]
+           "PredictionWriter", "pad_to", "SpecialIds", "special_ids", "RawInputs", "InputError",
+           "AtLeastTwoInt", "DropoutRate", "FiniteFloat", "Fraction", "NonNegativeFloat",
+           "NonNegativeInt", "OpenProbability", "PositiveFloat", "PositiveInt", "Probability",
+           "Seed", "SequenceLength", "check_range"]

@@ -45,6 +45,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from bertzoo.config import ConfigError
 from bertzoo.data import pad_to
 from bertzoo.files import atomic_write, check_text_file
 from bertzoo.model import init_weights
@@ -52,6 +53,7 @@ from bertzoo.training import BertModule, build_encoder
 from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, NonNegativeInt,
                                       PositiveFloat, PositiveInt, Seed, SequenceLength)
 from bertzoo.training.data import BertDataModule
+from bertzoo.training.optim import OptimizerName, SchedulerName
 
 class DataError(ValueError):
     """Task data that cannot be used; the message names the file (and line or column)."""
@@ -93,6 +95,13 @@ class TaskModule(BertModule):
         layerwise_lr_decay: Multiply the rate by this per layer below the top (1.0 = off).
         compile: `torch.compile` each encoder layer (true, or a dict of torch.compile
             options such as {"mode": "max-autotune"}); for GPUs.
+        optimizer: "adamw" (BERT's) or "lamb" (You et al. 2020; NVIDIA's large-batch
+            pretraining).
+        scheduler: The learning-rate schedule: "linear" (warm-up, then linear decay to zero:
+            BERT's), "cosine", "constant" (no warm-up), "constant_with_warmup" or
+            "warmup_stable_decay" (warm-up, flat, then a 1-sqrt decay over the last
+            `decay_fraction` of the steps: ModernBERT's).
+        decay_fraction: The share of the steps "warmup_stable_decay" decays over.
     """
 
     #: Compute metrics on training batches too (cheap ones); NER/QA turn this off.
@@ -103,10 +112,13 @@ class TaskModule(BertModule):
                  learning_rate: PositiveFloat = 5e-5, weight_decay: NonNegativeFloat = 0.01,
                  warmup: NonNegativeFloat = 0.1, adam_epsilon: PositiveFloat = 1e-8,
                  adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
-                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False):
+                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False,
+                 optimizer: OptimizerName = "adamw", scheduler: SchedulerName = "linear",
+                 decay_fraction: Fraction = 0.1):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, warmup=warmup,
                          adam_epsilon=adam_epsilon, adam_betas=adam_betas,
-                         layerwise_lr_decay=layerwise_lr_decay, compile=compile)
+                         layerwise_lr_decay=layerwise_lr_decay, compile=compile,
+                         optimizer=optimizer, scheduler=scheduler, decay_fraction=decay_fraction)
         self.save_hyperparameters()
         self.encoder = build_encoder(backbone, config, vocab_size)
         self.dropout = nn.Dropout(head_dropout)
@@ -484,6 +496,23 @@ class TaskDataModule(BertDataModule):
 
     def predict_dataloader(self):
         return self._loader("predict", train=False)
+
+    # -- rows given in memory (bertzoo.load, bertzoo serve)
+    def use_rows(self, rows: list[dict[str, Any]], split: str = "predict",
+                 tokenizer: Any = None) -> None:
+        """Read `split` from `rows` (dicts of the columns a file of that split would hold)
+        instead of a file or dataset: how `bertzoo.load`'s predictor runs raw inputs through
+        the task's own preprocessing. `tokenizer` is a loaded `tokenizers.Tokenizer`, or
+        another data module whose loaded tokenizers are shared (no reload per call)."""
+        import datasets
+        if isinstance(tokenizer, TaskDataModule):
+            self._tokenizer = tokenizer.tokenizer
+            self._truncating_tokenizer = tokenizer._truncating_tokenizer
+        elif tokenizer is not None:
+            self._tokenizer = tokenizer
+        self.files[split] = None
+        self._raw[split] = datasets.Dataset.from_list(rows)
+        self.datasets.pop(split, None)
 
 
 # ------------------------------------------------------------------------------ predictions

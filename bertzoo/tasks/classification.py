@@ -13,7 +13,9 @@ the real tokens instead of the pooled [CLS] state. Sentence-embedding checkpoint
 and their [CLS] pooler was never trained for it; such a model exports as its encoder only.
 
 Problem types (`data.problem_type`, linked to the model):
-    single_label  one label per row; metrics accuracy, macro-F1, Matthews correlation
+    single_label  one label per row; metrics accuracy, macro-F1, Matthews correlation, and
+                  with two labels the F1 of the second one (GLUE's F1 for MRPC and QQP,
+                  whose labels are 0 and 1)
     multi_label   a list of labels per row (a JSON list, or one string split on
                   `label_separator`); metrics accuracy (per label), macro-F1, Matthews
     regression    a number per row; metrics Pearson, Spearman, mean squared error
@@ -22,10 +24,15 @@ Label names come from the training data (sorted; numerically when every label is
 from `data.labels`; they are stored in the checkpoint's hyper-parameters, so `test` and
 `predict` with `--ckpt_path` need no training file, and a label in another split that training
 never saw is an error naming its file and line.
+
+GLUE's own files read as they are: unquoted TSVs (a quote is text), CoLA's train and dev files
+without a header line (`data.column_names`), and a Hugging Face dataset whose evaluation splits
+have other names (MNLI's `validation_matched`: `data.dataset_splits`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -34,8 +41,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassF1Score
 
 from bertzoo.synthetic import NOUNS
+from bertzoo.tasks import inputs
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
 from bertzoo.training.options import PositiveInt, Probability
@@ -61,6 +70,13 @@ class ClassificationDataModule(TaskDataModule):
             `--ckpt_path`.
         problem_type: single_label, multi_label or regression (one number per row).
         label_separator: Separator of a multi-label string label ("a,b"); JSON lists need none.
+        column_names: The columns of CSV/TSV files that have no header line (GLUE CoLA's
+            train.tsv and dev.tsv: source, label, original_label, sentence). A file whose
+            first line holds `text_column` as a field has a header and is read with it (CoLA's
+            test.tsv: index, sentence).
+        dataset_splits: Names of the Hugging Face dataset's splits where they are not the usual
+            ones, as {validation|test|predict: name} (GLUE MNLI: {validation:
+            validation_matched, predict: test_matched}).
         **kwargs: The arguments of `TaskDataModule` (files, tokenizer, batch size, ...).
     """
 
@@ -69,7 +85,8 @@ class ClassificationDataModule(TaskDataModule):
     def __init__(self, text_column: str = "sentence", text_pair_column: str | None = None,
                  label_column: str = "label", labels: list[str] | None = None,
                  problem_type: ProblemType = "single_label", label_separator: str = ",",
-                 **kwargs):
+                 column_names: list[str] | None = None,
+                 dataset_splits: dict[str, str] | None = None, **kwargs):
         super().__init__(**kwargs)
         if problem_type not in HF_PROBLEM_TYPES:
             raise DataError(f"data.problem_type must be one of {list(HF_PROBLEM_TYPES)}, got "
@@ -80,6 +97,46 @@ class ClassificationDataModule(TaskDataModule):
         self.problem_type = problem_type
         self.label_separator = label_separator
         self._label_names = [str(label) for label in labels] if labels else None
+        self.column_names = list(column_names) if column_names else None
+        unknown = set(dataset_splits or {}) - {"train", "validation", "test", "predict"}
+        if unknown:
+            raise DataError(f"data.dataset_splits: unknown split(s) {sorted(unknown)}; the keys "
+                            f"are train, validation, test and predict")
+        self.dataset_splits = dict(dataset_splits or {})
+        self._headerless: set[str] = set()  # files read with `column_names`
+
+    # -- reading
+    def _hf_split(self, split: str) -> str | None:
+        return self.dataset_splits.get(split) or super()._hf_split(split)
+
+    def read_file(self, path: str):
+        suffix = Path(path).suffix.lower()
+        if not self.column_names or suffix not in (".tsv", ".csv"):
+            return super().read_file(path)
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = next(csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE
+                                    if suffix == ".tsv" else csv.QUOTE_MINIMAL), [])
+        if self.text_column in first:
+            return super().read_file(path)  # it has a header line of its own
+        if len(first) != len(self.column_names):
+            raise DataError(f"{path}, line 1: {len(first)} fields, but data.column_names names "
+                            f"{len(self.column_names)} ({', '.join(self.column_names)}), and "
+                            f"the line is no header (no {self.text_column!r} field)")
+        import datasets
+        self._headerless.add(str(path))
+        return datasets.load_dataset(
+            "csv", data_files=str(path), split="train", delimiter=delimiter,
+            quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+            keep_default_na=False, column_names=self.column_names, header=None)
+
+    def location(self, split: str, row: int) -> str:
+        where = super().location(split, row)
+        path = self.files.get(split)
+        if path and str(path) in self._headerless:  # no header line to count
+            row = self._sampled_rows[split][row] if split in self._sampled_rows else row
+            return f"{path}, line {row + 1}"
+        return where
 
     # -- labels
     @property
@@ -172,6 +229,17 @@ class ClassificationDataModule(TaskDataModule):
         return multi_hot
 
 
+class SecondLabelF1(MulticlassF1Score):
+    """F1 of label id 1 of two (GLUE's F1 for MRPC and QQP: "1", equivalent/duplicate, is the
+    positive class), from the same logits as the other metrics."""
+
+    def __init__(self):
+        super().__init__(2, average="none")
+
+    def compute(self):
+        return super().compute()[1]
+
+
 def sort_labels(labels: set[str]) -> list[str]:
     """Numeric labels in numeric order ("2" before "10"), anything else alphabetically."""
     try:
@@ -259,10 +327,12 @@ class ClassificationModule(TaskModule):
                 "macro_f1": tc.MultilabelF1Score(n, average="macro"),
                 "matthews": tc.MultilabelMatthewsCorrCoef(n)})
         n = self.num_labels
-        return tm.MetricCollection({
-            "accuracy": tc.MulticlassAccuracy(n, average="micro"),
-            "macro_f1": tc.MulticlassF1Score(n, average="macro"),
-            "matthews": tc.MulticlassMatthewsCorrCoef(n)})
+        metrics = {"accuracy": tc.MulticlassAccuracy(n, average="micro"),
+                   "macro_f1": tc.MulticlassF1Score(n, average="macro"),
+                   "matthews": tc.MulticlassMatthewsCorrCoef(n)}
+        if n == 2:
+            metrics["f1"] = SecondLabelF1()
+        return tm.MetricCollection(metrics)
 
     def metric_update(self, logits: Tensor, batch: dict[str, Any]) -> tuple:
         labels = batch["labels"]
@@ -354,6 +424,47 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
             "test_file": str(files["dev"]), "predict_file": str(files["dev"])}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """A text, or {"text": ..., "text_pair": ...} -> a row in the columns the model was
+    trained on; a pair for a single-text model (or the reverse) is an error."""
+    text_column = data.get("text_column", "sentence")
+    pair_column = data.get("text_pair_column")
+    if not isinstance(value, (str, dict)):
+        raise inputs.InputError("", 'a text, or {"text": ..., "text_pair": ...}', value)
+    if isinstance(value, str):
+        first, second = value, None
+    else:
+        value = inputs.fields(value, ("text",), ("text_pair",))
+        first = inputs.text(value["text"], "text")
+        second = value.get("text_pair")
+        if second is not None:
+            inputs.text(second, "text_pair")
+    if pair_column and second is None:
+        raise inputs.InputError("text_pair", "a second text (this model classifies text "
+                                             "pairs)", inputs.MISSING)
+    if second is not None and not pair_column:
+        raise inputs.InputError("text_pair", "no second text (this model classifies single "
+                                             "texts)", second)
+    return {text_column: first, **({pair_column: second} if pair_column else {})}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict rows of `example_data` as raw inputs."""
+    data = ClassificationDataModule(**data_args)
+    pair = data.text_pair_column
+    return [row[data.text_column] if not pair else
+            {"text": row[data.text_column], "text_pair": row[pair]}
+            for row in data.raw("predict")]
+
+
+RAW_INPUTS = inputs.RawInputs(
+    description='a text, or {"text": ..., "text_pair": ...} for a model of text pairs',
+    json_schema={"oneOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["text"], "additionalProperties": False,
+         "properties": {"text": {"type": "string"}, "text_pair": {"type": "string"}}}]},
+    to_row=input_row, examples=example_inputs)
+
 TASK = TaskSpec(
     name="classification",
     description="Text or text-pair classification (single/multi-label) and regression (GLUE)",
@@ -362,4 +473,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/accuracy",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )

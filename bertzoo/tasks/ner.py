@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from bertzoo.config import ConfigError
 from bertzoo import synthetic
+from bertzoo.tasks import inputs
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.conll import (canonical_scheme, inside_label, read_conll, scheme_labels,
                                  split_tag, tag_problem, write_conll)
@@ -494,6 +495,30 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
             "predict_file": str(folder / "predict.jsonl")}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """A text (split into words as BERT's pre-tokenizer does) or {"tokens": [words]}."""
+    if not isinstance(value, (str, dict)):
+        raise inputs.InputError("", 'a text, or {"tokens": [words]}', value)
+    if isinstance(value, str):
+        return {"text": value}
+    value = inputs.fields(value, ("tokens",))
+    return {"tokens": inputs.texts(value["tokens"], "tokens", minimum=0)}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict rows of `example_data` as raw inputs."""
+    rows = NerDataModule(**data_args).raw("predict")
+    return [row["text"] if "text" in row else {"tokens": row["tokens"]} for row in rows]
+
+
+RAW_INPUTS = inputs.RawInputs(
+    description='a text, or {"tokens": [words]}',
+    json_schema={"oneOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["tokens"], "additionalProperties": False,
+         "properties": {"tokens": {"type": "array", "items": {"type": "string"}}}}]},
+    to_row=input_row, examples=example_inputs)
+
 TASK = TaskSpec(
     name="ner",
     description="Named-entity recognition (token classification): IOB1/IOB2/BIOES tags, "
@@ -503,4 +528,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/f1",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertzoo import synthetic
-from bertzoo.tasks import squad
+from bertzoo.tasks import inputs, squad
 from bertzoo.tasks.base import DataError, TaskDataModule, TaskModule
 from bertzoo.tasks.registry import TaskSpec
 from bertzoo.training.options import (DropoutRate, FiniteFloat, NonNegativeInt, PositiveInt,
@@ -316,6 +316,30 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
             **({"train_articles": "0"} if (like or {}).get("train_articles") else {})}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """{"question": ..., "context": ..., "id" (optional, default: the input's position)}."""
+    value = inputs.fields(value, ("question", "context"), ("id",))
+    question_id = value.get("id", str(position))
+    return {"id": inputs.text(question_id, "id"),
+            "question": inputs.text(value["question"], "question"),
+            "context": inputs.text(value["context"], "context")}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict questions of `example_data` as raw inputs."""
+    rows = SquadDataModule(**data_args).raw("predict")
+    return [{"id": row["id"], "question": row["question"], "context": row["context"]}
+            for row in rows]
+
+
+RAW_INPUTS = inputs.RawInputs(
+    description='{"question": ..., "context": ..., "id": ... (optional)}',
+    json_schema={"type": "object", "required": ["question", "context"],
+                 "additionalProperties": False,
+                 "properties": {"question": {"type": "string"}, "context": {"type": "string"},
+                                "id": {"type": "string"}}},
+    to_row=input_row, examples=example_inputs)
+
 TASK = TaskSpec(
     name="qa",
     description="Extractive question answering, SQuAD v1.1/v2.0 (exact match, F1)",
@@ -324,4 +348,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/f1",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )

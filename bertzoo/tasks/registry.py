@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bertzoo.tasks.base import TaskDataModule, TaskModule
+from bertzoo.tasks.inputs import RawInputs
 
 ENTRY_POINT_GROUP = "bertzoo.tasks"
 
@@ -57,6 +58,9 @@ class TaskSpec:
         monitor: Metric the checkpoint callback watches, e.g. "val/accuracy" (a module may
             choose another through its `checkpoint_monitor`).
         monitor_mode: "max" or "min" for `monitor`.
+        inputs: The task's raw-input schema (`bertzoo.tasks.inputs.RawInputs`): what
+            `bertzoo.load(...)` and `bertzoo serve` accept for it. None: the task can be
+            trained and run with `bertzoo predict`, but not loaded for inference.
     """
 
     name: str
@@ -66,6 +70,7 @@ class TaskSpec:
     example_data: ExampleData
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    inputs: RawInputs | None = None
 
     def validate(self, entry_point_name: str | None = None) -> None:
         """Raise TypeError naming every way this spec breaks the contract above."""
@@ -88,6 +93,10 @@ class TaskSpec:
             problems.append("example_data must accept (folder, like=None)")
         if self.monitor_mode not in ("min", "max"):
             problems.append(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
+        if self.inputs is not None:
+            problems += (self.inputs.validate() if isinstance(self.inputs, RawInputs)
+                         else [f"inputs must be a bertzoo.tasks.inputs.RawInputs, got "
+                               f"{_describe(self.inputs)}"])
         if problems:
             raise TypeError("; ".join(problems))
 
@@ -262,3 +271,17 @@ def get_task(name: str) -> TaskSpec:
 def register(spec: TaskSpec, distribution: str = "<in-process>") -> None:
     """Add a task without packaging it (a notebook, a test). Installed plugins use entry points."""
     REGISTRY.register(spec, distribution)
+
+
+def init_parameters(cls) -> set[str]:
+    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes' __init__."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names

@@ -42,6 +42,9 @@ class BertDataModule(L.LightningDataModule):
     #: Values of the data module (attributes or properties) that the model is built with: the
     #: CLI links each to the model argument of the same name, so that nobody types them twice.
     model_links: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    #: Model arguments the data module follows (its own arguments of the same name): the CLI
+    #: sets each from the model's when the command line is read, so nobody types them twice.
+    model_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, tokenizer: str | None = None, batch_size: PositiveInt = 32,
                  eval_batch_size: PositiveInt | None = None, num_workers: NonNegativeInt = 0,

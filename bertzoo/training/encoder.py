@@ -42,7 +42,7 @@ def config_from(config: str | dict[str, Any], vocab_size: int | None) -> BertCon
         raise ConfigError("model.vocab_size is unknown: it comes from the data module's tokenizer")
     values.setdefault("vocab_size", vocab_size)
     preset = values.pop("preset", None)
-    bert_config = (BertConfig.from_preset(preset, **values) if preset
+    bert_config = (BertConfig.from_preset_or_file(preset, **values) if preset
                    else BertConfig.from_dict(values))
     check_vocab_size(vocab_size, bert_config, "model.config")
     return bert_config

@@ -16,7 +16,9 @@ from torch import nn
 from bertzoo.config import ConfigError
 from bertzoo.files import CKPT_KEY, CheckpointError
 from bertzoo.training.checkpoint_io import refuse_another_modules_checkpoint
-from bertzoo.training.optim import parameter_groups, schedule_length, warmup_then_linear_decay
+from bertzoo.training.optim import (OptimizerName, SchedulerName, build_optimizer,
+                                    build_scheduler, check_optimizer, check_scheduler,
+                                    parameter_groups, schedule_length)
 from bertzoo.training.options import (DropoutRate, Fraction, NonNegativeFloat, PositiveFloat,
                                       check_range)
 from bertzoo.training.process import tune_cpu_process
@@ -71,7 +73,9 @@ class BertModule(L.LightningModule):
     def __init__(self, learning_rate: PositiveFloat = 5e-5, weight_decay: NonNegativeFloat = 0.01,
                  warmup: NonNegativeFloat = 0.1, adam_epsilon: PositiveFloat = 1e-6,
                  adam_betas: tuple[DropoutRate, DropoutRate] = (0.9, 0.999),
-                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False):
+                 layerwise_lr_decay: Fraction = 1.0, compile: bool | dict[str, Any] = False,
+                 optimizer: OptimizerName = "adamw", scheduler: SchedulerName = "linear",
+                 decay_fraction: Fraction = 0.1):
         super().__init__()
         self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self.compiled = False
@@ -87,6 +91,11 @@ class BertModule(L.LightningModule):
             check_range("model.adam_betas", beta, DropoutRate)
         self.adam_betas = tuple(adam_betas)
         self.layerwise_lr_decay = layerwise_lr_decay
+        check_optimizer(optimizer)
+        check_scheduler(scheduler, decay_fraction)
+        self.optimizer_name = optimizer
+        self.scheduler_name = scheduler
+        self.decay_fraction = decay_fraction
         self.tokenizer = None  # a tokenizers.Tokenizer, from the data module or the checkpoint
         if warmup < 0:
             raise ConfigError(f"model.warmup must be >= 0 (a fraction of the steps if < 1, else a "
@@ -168,8 +177,8 @@ class BertModule(L.LightningModule):
         fused = not isinstance(self.trainer.precision_plugin, MixedPrecision) and all(
             type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
             for group in groups for p in group["params"])
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.adam_betas,
-                                      eps=self.adam_epsilon, fused=fused or None)
+        optimizer = build_optimizer(self.optimizer_name, groups, self.learning_rate,
+                                    self.adam_betas, self.adam_epsilon, fused=fused)
         # Counted without the Trainer's own training loader (see `schedule_length`), so that
         # Lightning builds that loader after restoring a checkpoint, with its saved position.
         total = schedule_length(self.trainer, self.trainer.datamodule or self)
@@ -177,8 +186,7 @@ class BertModule(L.LightningModule):
             raise ConfigError("cannot schedule the learning rate: set trainer.max_steps or "
                               "trainer.max_epochs")
         total = int(total)
-        warmup_steps = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_then_linear_decay(warmup_steps, total))
+        scheduler = build_scheduler(optimizer, self.scheduler_name, self.warmup, total,
+                                    self.decay_fraction)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertzoo.tasks import DataError, TaskDataModule, TaskModule, TaskSpec, pad_to
+from bertzoo.tasks import DataError, RawInputs, TaskDataModule, TaskModule, TaskSpec, pad_to
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -225,6 +225,37 @@ def example_data(folder: Path, like: dict[str, Any] | None = None) -> dict[str, 
             "test_file": str(files["dev"]), "predict_file": str(files["dev"])}
 
 
+def input_row(value: Any, data: dict[str, Any], position: int) -> dict[str, Any]:
+    """{"context": ..., "choices": [two or more texts]}."""
+    value = RawInputs.fields(value, ("context", "choices"))
+    return {"context": RawInputs.text(value["context"], "context"),
+            "choices": RawInputs.texts(value["choices"], "choices", minimum=2)}
+
+
+def example_inputs(data_args: dict[str, Any]) -> list[Any]:
+    """The predict rows of `example_data` as raw inputs: the start of the answer (SWAG's
+    sent2) goes in front of every choice, as the data module puts it there."""
+    data = MultipleChoiceDataModule(**data_args)
+    raw = []
+    for row in data.raw("predict"):
+        lead = row[data.question_column] if data.question_column else ""
+        choices = (row[data.choices_column] if data.choices_column
+                   else [row[c] for c in data.choice_columns])
+        raw.append({"context": row[data.context_column],
+                    "choices": [f"{lead} {choice}".strip() for choice in choices]})
+    return raw
+
+
+RAW_INPUTS = RawInputs(
+    description='{"context": ..., "choices": [two or more texts]}',
+    json_schema={"type": "object", "required": ["context", "choices"],
+                 "additionalProperties": False,
+                 "properties": {"context": {"type": "string"},
+                                "choices": {"type": "array", "items": {"type": "string"},
+                                            "minItems": 2}}},
+    to_row=input_row, examples=example_inputs,
+    data={"context_column": "context", "question_column": None, "choices_column": "choices"})
+
 TASK = TaskSpec(
     name="multiple_choice",
     description="Multiple choice (SWAG-style): score each (context, choice) pair, softmax",
@@ -233,4 +264,5 @@ TASK = TaskSpec(
     example_data=example_data,
     monitor="val/accuracy",
     monitor_mode="max",
+    inputs=RAW_INPUTS,
 )

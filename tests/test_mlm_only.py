@@ -1,0 +1,153 @@
+"""Masked LM only (`model.nsp: false`): full rows packed across sentences and documents, the
+selection rate and the 80/10/10 split as configured, a model with no NSP head or loss, and a
+tiny run that learns more than token frequencies."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertzoo.cli import main
+from bertzoo.config import BertConfig, ConfigError
+from bertzoo.model import IGNORE_INDEX, BertForPreTraining
+from bertzoo.pretraining import MaskingCollator, PretrainingDataModule
+from bertzoo.pretraining.datamodule import tokenize_documents
+from bertzoo.pretraining.instances import RowPacker
+from bertzoo.testing import documents as synthetic_documents
+from bertzoo.testing import write_bert_corpus
+from bertzoo.tokenizer import train_tokenizer
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "pretrain"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [s for doc in synthetic_documents(400, seed=1) for s in doc]
+    return train_tokenizer(texts=texts, vocab_size=400, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def documents(tokenizer):
+    docs = synthetic_documents(1400, seed=2, min_sentences=1, max_sentences=12)
+    return tokenize_documents({"sentences": docs}, tokenizer)["sentence_ids"]
+
+
+def ids(tokenizer):
+    return tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+
+
+# ------------------------------------------------------------------------------ full rows
+def test_rows_are_full_one_segment_and_cross_documents(tokenizer, documents):
+    cls, sep = ids(tokenizer)
+    for length in (16, 128):
+        packer = RowPacker(length, cls, sep)
+        rows = [row for document in documents for row in packer.add(document)]
+        rows += packer.finish()
+        assert all(len(row) == length for row in rows[:-1]) and 2 < len(rows[-1]) <= length
+        assert all(row[0] == cls and row[-1] == sep for row in rows)
+        # The rows' spans, joined, are the documents in order: nothing lost, nothing added,
+        # sentence and document boundaries crossed freely, a [SEP] between two documents
+        # (unless a row ends exactly where a document does).
+        stream = [t for row in rows for t in row[1:-1]]
+        assert [t for t in stream if t != sep] == [t for d in documents for s in d for t in s]
+        assert len(documents) - len(rows) <= stream.count(sep) <= len(documents) - 1
+        crossing = sum(sep in row[1:-1] for row in rows)
+        assert crossing >= len(rows) // 8  # many rows hold the end of one document and more
+
+
+def test_the_data_module_packs_full_rows(tmp_path, tokenizer):
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    corpus = write_bert_corpus(tmp_path / "train.txt", synthetic_documents(60, seed=4))
+    dm = PretrainingDataModule(train_files=str(corpus), tokenizer=str(tmp_path / "tokenizer.json"),
+                               max_seq_length=64, batch_size=8, validation_documents=4, nsp=False)
+    dm.setup("fit")
+    rows = dm.instances["train"]
+    lengths = [len(r) for r in rows["input_ids"]]
+    assert set(lengths[:-1]) == {64} and lengths[-1] <= 64
+    assert {t for r in rows["token_type_ids"] for t in r} == {0}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["attention_mask"].all()  # a batch of full rows has no padding
+    assert (batch["token_type_ids"] == 0).all()
+    with pytest.raises(ConfigError, match="data.dupe_factor builds NSP instances"):
+        PretrainingDataModule(train_files=str(corpus), nsp=False, dupe_factor=2).nsp
+
+
+# ------------------------------------------------------------------------------ masking rates
+@pytest.mark.parametrize("probability,mask,random", [(0.15, 0.8, 0.1), (0.3, 0.8, 0.1),
+                                                    (0.3, 0.5, 0.3)])
+def test_selection_rate_and_split_over_100k_tokens(tokenizer, documents, probability, mask,
+                                                   random):
+    cls, sep = ids(tokenizer)
+    packer = RowPacker(128, cls, sep)
+    rows = [np.asarray(row) for document in documents for row in packer.add(document)]
+    collator = MaskingCollator.for_tokenizer(tokenizer, mlm_probability=probability,
+                                             mask_token_prob=mask, random_token_prob=random,
+                                             seed=3)
+    candidates = selected = masked = unchanged = 0
+    for k, row in enumerate(rows):
+        inputs, labels = collator.mask(row, collator.rng(0, k))
+        chosen = labels != IGNORE_INDEX
+        candidates += int((~collator.is_special[row]).sum())
+        selected += int(chosen.sum())
+        masked += int((inputs[chosen] == collator.mask_id).sum())
+        unchanged += int((inputs[chosen] == row[chosen]).sum())
+    assert candidates >= 100_000
+    # Each row selects floor(p x n + u) of its n candidates: the rate's standard deviation over
+    # these ~870 rows is < 0.0002; the split is binomial over ~16k-33k selected (< 0.004).
+    assert abs(selected / candidates - probability) < 0.002
+    assert abs(masked / selected - mask) < 0.012
+    # A random replacement can draw the original token (1 in ~400): counted as unchanged.
+    assert abs(unchanged / selected - (1 - mask - random)) < 0.012
+
+
+# ------------------------------------------------------------------------------ the model
+def test_without_nsp_the_model_has_no_nsp_head_or_loss():
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    model = BertForPreTraining(config, nsp=False)
+    assert model.nsp_head is None
+    assert not [name for name, _ in model.named_parameters() if "nsp" in name]
+    input_ids = torch.randint(5, 50, (2, 12))
+    labels = torch.full((2, 12), IGNORE_INDEX)
+    labels[:, 3] = input_ids[:, 3]
+    out = model(input_ids, torch.ones_like(input_ids), torch.zeros_like(input_ids),
+                mlm_labels=labels, nsp_labels=torch.tensor([0, 1]))
+    assert out.nsp_logits is None and out.nsp_loss is None
+    assert torch.equal(out.loss, out.mlm_loss)
+
+
+# ------------------------------------------------------------------------------ a tiny run
+def test_a_tiny_run_learns_more_than_token_frequencies(tmp_path, monkeypatch):
+    """recipes/pretrain/mlm-only.yaml, scaled down (a tiny model, 200 steps, a higher rate):
+    the validation MLM accuracy ends above the majority baseline (always predicting the most
+    frequent masked token), and nothing of NSP is logged or saved."""
+    monkeypatch.chdir(tmp_path)
+    corpus = write_bert_corpus(tmp_path / "corpus.txt",
+                               synthetic_documents(300, seed=6, min_sentences=3, max_sentences=10))
+    model = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 128, "max_position_embeddings": 32}
+    assert main(["pretrain", "--config", str(RECIPES / "mlm-only.yaml"),
+                 f"--data.train_files={corpus}", "--data.tokenizer_vocab_size=300",
+                 "--data.max_seq_length=32", "--data.batch_size=16", "--data.num_workers=0",
+                 "--data.num_proc=null", "--data.validation_documents=20",
+                 "--model.config=" + json.dumps(model), "--model.learning_rate=3e-3",
+                 "--trainer.max_steps=200", "--trainer.val_check_interval=100",
+                 "--trainer.accumulate_grad_batches=1", "--trainer.devices=1",
+                 "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=10",
+                 "--trainer.enable_progress_bar=false",
+                 "--trainer.enable_model_summary=false"]) == 0
+    run = tmp_path / "runs/pretrain/version_0"
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/mlm_accuracy")]
+    assert [int(r["step"]) for r in rows] == [99, 199]
+    first, last = rows[0], rows[-1]
+    assert float(last["val/mlm_accuracy"]) > float(last["val/mlm_majority_accuracy"])
+    assert float(last["val/mlm_loss"]) < float(first["val/mlm_loss"])
+    assert not [c for c in rows[0] if "nsp" in c]
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert not [k for k in checkpoint["state_dict"] if "nsp_head" in k or "pooler" in k]
+    assert checkpoint["hyper_parameters"]["nsp"] is False
