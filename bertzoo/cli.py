@@ -611,24 +611,9 @@ def resolve_class(path: str | None):
     return None
 
 
-def init_parameters(cls) -> set[str]:
-    """Arguments `cls(...)` accepts, following `**kwargs` up to the base classes' __init__."""
-    import inspect
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in parameters
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
-
-
 def check_links(links: tuple[str, ...], module_class, datamodule_class) -> None:
     """jsonargparse silently drops a link whose target the model lacks; make it an error."""
-    from bertzoo.tasks.registry import TaskError
+    from bertzoo.tasks.registry import TaskError, init_parameters
     accepted = init_parameters(module_class)
     for name in links:
         if not (hasattr(datamodule_class, name) or name in init_parameters(datamodule_class)):

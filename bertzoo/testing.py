@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from bertzoo.cli import cmd_task, init_parameters, main
+from bertzoo.cli import cmd_task, main
 from bertzoo.config import BertConfig
 from bertzoo.export import TASK_RECORD, export
 from bertzoo.inference import load
@@ -60,6 +60,7 @@ from bertzoo.onnx_export import export_onnx
 from bertzoo.synthetic import (ADJECTIVES, NAMES, NOUNS, PLACES, VERBS, documents, sentence,
                                sentences)
 from bertzoo.tasks import TaskSpec, get_task
+from bertzoo.tasks.registry import init_parameters
 from bertzoo.tokenizer import train_tokenizer
 
 __all__ = ["check_task", "TASK_CHECKS", "check_spec", "check_forward_backward",

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from bertzoo.cli import (check_links, class_path_from_args, init_parameters, main,
-                         task_from_args)
+from bertzoo.cli import check_links, class_path_from_args, main, task_from_args
 from bertzoo.tasks.base import TaskDataModule
+from bertzoo.tasks.registry import init_parameters
 from bertzoo.tasks.classification import (ClassificationDataModule, ClassificationModule,
                                           example_data)
 from bertzoo.tasks.registry import TaskError
