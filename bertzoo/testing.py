@@ -79,6 +79,20 @@ def write_bert_corpus(path: str | Path, docs: list[list[str]]) -> Path:
     return path
 
 
+def write_parquet_corpus(folder: str | Path, shards: int, documents_per_shard: int,
+                         seed: int = 11) -> Path:
+    """`shards` parquet files in `folder`, one generated document (a paragraph of 3-6
+    sentences) per row in a `text` column: a streamed corpus as `data.dataset` reads it."""
+    import datasets
+    folder = Path(folder)
+    docs = documents(shards * documents_per_shard, seed=seed, min_sentences=3, max_sentences=6)
+    for shard in range(shards):
+        rows = docs[shard * documents_per_shard:(shard + 1) * documents_per_shard]
+        datasets.Dataset.from_dict({"text": [" ".join(d) for d in rows]}).to_parquet(
+            str(folder / f"part-{shard:02d}.parquet"))
+    return folder
+
+
 def tiny_config(vocab_size: int, **overrides) -> BertConfig:
     """A BERT small enough for a unit test: 2 layers of width 32."""
     values = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,

@@ -18,7 +18,7 @@ import bertzoo.pretraining.datamodule as datamodule_module
 from bertzoo.pretraining import PretrainingDataModule
 from bertzoo.testing import documents as synthetic_documents
 from bertzoo.testing import write_bert_corpus
-from bertzoo.testing import tiny_backbone
+from bertzoo.testing import tiny_backbone, write_parquet_corpus
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 30
@@ -41,15 +41,7 @@ def backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def parquet_folder(tmp_path_factory) -> Path:
     """SHARDS parquet files, one document (a paragraph of sentences) per row."""
-    import datasets
-    folder = tmp_path_factory.mktemp("corpus")
-    docs = synthetic_documents(SHARDS * DOCUMENTS_PER_SHARD, seed=11, min_sentences=3,
-                               max_sentences=6)
-    for shard in range(SHARDS):
-        rows = docs[shard * DOCUMENTS_PER_SHARD:(shard + 1) * DOCUMENTS_PER_SHARD]
-        datasets.Dataset.from_dict({"text": [" ".join(d) for d in rows]}).to_parquet(
-            str(folder / f"part-{shard:02d}.parquet"))
-    return folder
+    return write_parquet_corpus(tmp_path_factory.mktemp("corpus"), SHARDS, DOCUMENTS_PER_SHARD)
 
 
 def streamed(folder: Path, backbone: Path, **options) -> PretrainingDataModule:

@@ -23,8 +23,7 @@ import yaml
 import bertzoo.pretraining.datamodule as datamodule_module
 from bertzoo.cli import main
 from bertzoo.pretraining import CorpusError, PretrainingDataModule
-from bertzoo.testing import documents as synthetic_documents
-from bertzoo.testing import tiny_backbone
+from bertzoo.testing import tiny_backbone, write_parquet_corpus
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 4  # a pass is 5-10 batches of 4 rows: a run of 24 makes 2-3 passes
@@ -48,15 +47,7 @@ def backbone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def parquet_folder(tmp_path_factory) -> Path:
-    import datasets
-    folder = tmp_path_factory.mktemp("corpus")
-    docs = synthetic_documents(SHARDS * DOCUMENTS_PER_SHARD, seed=11, min_sentences=3,
-                               max_sentences=6)
-    for shard in range(SHARDS):
-        rows = docs[shard * DOCUMENTS_PER_SHARD:(shard + 1) * DOCUMENTS_PER_SHARD]
-        datasets.Dataset.from_dict({"text": [" ".join(d) for d in rows]}).to_parquet(
-            str(folder / f"part-{shard:02d}.parquet"))
-    return folder
+    return write_parquet_corpus(tmp_path_factory.mktemp("corpus"), SHARDS, DOCUMENTS_PER_SHARD)
 
 
 def data_options(folder: Path, backbone: Path, **options) -> dict:
