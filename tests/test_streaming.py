@@ -19,6 +19,7 @@ from bertzoo.pretraining import PretrainingDataModule
 from bertzoo.testing import documents as synthetic_documents
 from bertzoo.testing import write_bert_corpus
 from bertzoo.testing import tiny_backbone, write_parquet_corpus
+from conftest import forkserver_ddp
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 30
@@ -121,8 +122,8 @@ def test_a_shard_count_that_does_not_divide_the_world_size_warns(tmp_path, backb
 
 
 def test_two_processes_pretrain_on_a_streamed_folder(parquet_folder, backbone, tmp_path):
-    """`ddp_fork`, 2 processes with a worker each: steps run on both and stay in step (the
-    stream repeats, so neither runs out first)."""
+    """2 processes (from a fork server) with a worker each: steps run on both and stay in
+    step (the stream repeats, so neither runs out first)."""
     from bertzoo.pretraining import PretrainingModule
     dm = PretrainingDataModule(dataset=str(parquet_folder), streaming=True,
                                tokenizer=str(backbone), max_seq_length=32, batch_size=4,
@@ -130,7 +131,7 @@ def test_two_processes_pretrain_on_a_streamed_folder(parquet_folder, backbone, t
     config = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
               "intermediate_size": 64, "max_position_embeddings": 64}
     model = PretrainingModule(config=config, vocab_size=dm.vocab_size, warmup=1)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=6,
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=forkserver_ddp(), max_steps=6,
                         val_check_interval=6, check_val_every_n_epoch=None,
                         limit_val_batches=1, num_sanity_val_steps=0,
                         use_distributed_sampler=False, logger=False,

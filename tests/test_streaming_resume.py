@@ -24,6 +24,7 @@ import bertzoo.pretraining.datamodule as datamodule_module
 from bertzoo.cli import main
 from bertzoo.pretraining import CorpusError, PretrainingDataModule
 from bertzoo.testing import tiny_backbone, write_parquet_corpus
+from conftest import forkserver_ddp
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 4  # a pass is 5-10 batches of 4 rows: a run of 24 makes 2-3 passes
@@ -244,7 +245,8 @@ def fit_two_processes(folder: Path, backbone: Path, root: Path, steps: int,
     torch.manual_seed(0)
     model = PretrainingModule(config=TINY_MODEL, vocab_size=dm.vocab_size, warmup=2,
                               learning_rate=3e-3, seed=3)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=steps,
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=forkserver_ddp(),
+                        max_steps=steps,
                         limit_val_batches=0, num_sanity_val_steps=0,
                         use_distributed_sampler=False, logger=False,
                         callbacks=[*callbacks, SaveEveryStep(root, steps)],
