@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import time
 from pathlib import Path
 
 import lightning as L
@@ -94,18 +95,9 @@ def as_rank(monkeypatch, rank: int, world_size: int) -> None:
 
 
 # ----------------------------------------------------------------------- at the data loader
-# With 2 DataLoader workers a resumed stream has been seen, twice in many runs, to yield one
-# batch that differs from the straight run (cause not found yet: torchdata's per-worker
-# snapshots under heavy load are the suspect). Until it is found, those cases may fail without
-# failing the suite; with 0 workers (and one worker per process under DDP) it never has.
-WORKERS_UNRELIABLE = pytest.mark.xfail(strict=False, reason="intermittent: a resumed 2-worker "
-                                       "stream once yielded a different batch (under study)")
-
-
-@pytest.mark.parametrize("workers,nsp", [
-    (0, True), pytest.param(2, True, marks=WORKERS_UNRELIABLE),
-    (0, False), pytest.param(2, False, marks=WORKERS_UNRELIABLE)],
-    ids=["0-workers", "2-workers", "mlm-only-0-workers", "mlm-only-2-workers"])
+@pytest.mark.parametrize("workers,nsp", [(0, True), (2, True), (0, False), (2, False)],
+                         ids=["0-workers", "2-workers", "mlm-only-0-workers",
+                              "mlm-only-2-workers"])
 def test_a_resumed_stream_continues_bitwise(parquet_folder, backbone, workers, nsp):
     """Stopped inside the first pass (the resumed loader then crosses into the second) and
     inside a later pass: every later batch (ids, masks, labels) is the uninterrupted one's."""
@@ -128,13 +120,71 @@ def test_a_resumed_stream_continues_bitwise(parquet_folder, backbone, workers, n
         assert_same_batches(straight[5:], fresh[:BATCHES - 5])
 
 
-def test_each_process_resumes_its_own_share(parquet_folder, backbone, monkeypatch):
-    """Two processes: each saves and resumes its own position (rank 1's is not rank 0's)."""
+def test_workers_read_their_own_pass(parquet_folder, backbone, monkeypatch):
+    """Each worker reads the pass of the stream it is in, whatever the other worker does.
+    `datasets` keeps a stream's epoch in memory shared by the processes forked from one
+    another; were it shared by the workers, one starting a pass would change the pass (the
+    shard order) of another starting a different pass at the same moment: rare, more likely
+    under load, and most likely on resume, when every worker starts at once. A slow
+    `set_epoch` makes the two workers' calls overlap every time: here a resumed loader whose
+    workers start in passes 2 and 1."""
+    import datasets
+    set_epoch = datasets.IterableDataset.set_epoch
+
+    def slow_set_epoch(self, epoch):
+        set_epoch(self, epoch)
+        time.sleep(0.3)  # the other worker sets its own pass meanwhile
+
+    monkeypatch.setattr(datasets.IterableDataset, "set_epoch", slow_set_epoch)
+    options = {"num_workers": 2}
+    straight = list(itertools.islice(loader(parquet_folder, backbone, **options)[1], 18))
+    dm, first = loader(parquet_folder, backbone, **options)
+    iterator = iter(first)
+    before = [next(iterator) for _ in range(13)]
+    state = plain(dm.state_dict())
+    del iterator
+    assert sorted(s["epoch"] for s in stream_states(state["stream_positions"][0]["loader"])) \
+        == [1, 2], "the workers are not in different passes"
+    dm, resumed = loader(parquet_folder, backbone, state=state, **options)
+    after = list(itertools.islice(resumed, 5))
+    assert_same_batches(straight, before + after)
+    # The stream's own position records the pass it read: the pass the worker was in.
+    states = stream_states(plain(dm.state_dict())["stream_positions"][0]["loader"])
+    assert all(s["source"]["epoch"] == s["epoch"] for s in states if s["source"] is not None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_resumed_twice_continues_bitwise(parquet_folder, backbone, workers):
+    """Stopped again right after a resume (before any batch, and after one, when a worker has
+    not yielded yet): the position saved then is still the one resumed from, not the start."""
+    options = {"num_workers": workers}
+    straight = list(itertools.islice(loader(parquet_folder, backbone, **options)[1], 16))
+    dm, first = loader(parquet_folder, backbone, **options)
+    iterator = iter(first)
+    before = [next(iterator) for _ in range(9)]
+    state = plain(dm.state_dict())
+    del iterator
+    for taken in (0, 1):
+        dm, again = loader(parquet_folder, backbone, state=state, **options)
+        iterator = iter(again)
+        middle = [next(iterator) for _ in range(taken)]
+        second = plain(dm.state_dict())
+        del iterator
+        _, resumed = loader(parquet_folder, backbone, state=second, **options)
+        after = list(itertools.islice(resumed, 16 - 9 - taken))
+        assert_same_batches(straight, before + middle + after)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_process_resumes_its_own_share(parquet_folder, backbone, monkeypatch, workers):
+    """Two processes (0 or 2 workers each): each saves and resumes its own position (rank 1's
+    is not rank 0's)."""
     positions, straight = [], []
     for rank in range(2):
         as_rank(monkeypatch, rank, 2)
-        straight.append(list(itertools.islice(loader(parquet_folder, backbone)[1], 12)))
-        dm, first = loader(parquet_folder, backbone)
+        straight.append(list(itertools.islice(
+            loader(parquet_folder, backbone, num_workers=workers)[1], 12)))
+        dm, first = loader(parquet_folder, backbone, num_workers=workers)
         iterator = iter(first)
         [next(iterator) for _ in range(7)]
         positions.append(plain(dm.state_dict())["stream_positions"][0])
@@ -142,7 +192,7 @@ def test_each_process_resumes_its_own_share(parquet_folder, backbone, monkeypatc
     saved = {"stream_positions": positions}  # what the gather in state_dict() writes
     for rank in range(2):
         as_rank(monkeypatch, rank, 2)
-        _, resumed = loader(parquet_folder, backbone, state=saved)
+        _, resumed = loader(parquet_folder, backbone, state=saved, num_workers=workers)
         # Lightning hands every process rank 0's loader state; the own one is used instead.
         resumed.load_state_dict(positions[0]["loader"])
         assert_same_batches(straight[rank][7:], list(itertools.islice(resumed, 5)))
@@ -184,7 +234,6 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
-@WORKERS_UNRELIABLE
 def test_a_streamed_run_stopped_by_ctrl_c_resumes_bitwise(parquet_folder, backbone, tmp_path,
                                                           monkeypatch, capsys):
     """One process, two workers: 14 steps straight vs Ctrl-C at step 6 then `--ckpt_path

@@ -169,7 +169,10 @@ class StreamedInstances(torch.utils.data.IterableDataset):
 
     # ---------------------------------------------------------------------------- position
     def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._state) if self._state is not None else {}
+        # Before a resumed iterator has yielded, its position is the one it will start from
+        # (a checkpoint taken right after a resume must not send this worker back to the start)
+        state = self._state if self._state is not None else self._resume
+        return copy.deepcopy(state) if state is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = copy.deepcopy(state) if state else None
@@ -188,8 +191,9 @@ class StreamedInstances(torch.utils.data.IterableDataset):
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
         streams = self.world_size * workers
         self._state = state = self._start(workers, worker_id)
+        stream = self._own_stream()
         while True:
-            for instance in self._epoch(state, state["stream"], streams):
+            for instance in self._epoch(stream, state, state["stream"], streams):
                 yield {"input_ids": instance["input_ids"],
                        "token_type_ids": instance["token_type_ids"],
                        "nsp_label": instance["nsp_label"],
@@ -203,15 +207,25 @@ class StreamedInstances(torch.utils.data.IterableDataset):
         """One pass over the stream from its start (the instances, untagged)."""
         state = {"epoch": epoch, "window": 0, "source": None, "skip": 0, "position": 0,
                  "carry": []}
-        yield from self._epoch(state, stream_id, streams)
+        yield from self._epoch(self._own_stream(), state, stream_id, streams)
 
-    def _epoch(self, state: dict[str, Any], stream_id: int, streams: int) -> Iterator[dict]:
-        """The rest of the pass `state` is in; `state` follows every row yielded."""
+    def _own_stream(self):
+        """A copy of the stream whose pass this iterator alone sets. `datasets` keeps an
+        `IterableDataset`'s epoch in shared memory (so that the main process's `set_epoch`
+        reaches persistent workers), and every worker forked from this process shares it: one
+        worker starting a pass changed the pass (the shard order) another worker was about to
+        read."""
+        return copy.deepcopy(self.documents)
+
+    def _epoch(self, stream, state: dict[str, Any], stream_id: int,
+               streams: int) -> Iterator[dict]:
+        """The rest of the pass `state` is in, read from `stream` (this iterator's copy of the
+        documents); `state` follows every row yielded."""
         epoch = state["epoch"]
-        self.documents.set_epoch(epoch)
+        stream.set_epoch(epoch)
         if state["source"] is not None:
-            self.documents.load_state_dict(state["source"])
-        rows = iter(self.documents)
+            stream.load_state_dict(state["source"])
+        rows = iter(stream)
 
         def read() -> tuple[list, dict] | None:
             row = next(rows, None)
@@ -219,7 +233,7 @@ class StreamedInstances(torch.utils.data.IterableDataset):
                 return None
             # int32 arrays: a block of Python int lists would take ~9x the memory
             return ([array.array("i", sentence) for sentence in row["sentence_ids"]],
-                    self.documents.state_dict())
+                    stream.state_dict())
 
         ahead: list[tuple[list, dict]] = []
         while True:
