@@ -142,8 +142,8 @@ def cast_documents(count: int, seed: int, cast: int = 3) -> list[list[str]]:
 
 
 def tiny_run(folder: Path, learning_rate: float) -> tuple[Path, list[dict]]:
-    """recipes/pretrain/mlm-only.yaml scaled down: one layer of width 256 without dropout, 80
-    steps of 32 rows of 32 tokens, validated at steps 40 and 80 on 60 held-out documents
+    """recipes/pretrain/mlm-only.yaml scaled down: one layer of width 256 without dropout, 100
+    steps of 32 rows of 32 tokens, validated at steps 50 and 100 on 60 held-out documents
     (rows never trained on, whose words are drawn anew). The run folder and its validation
     rows."""
     corpus = write_bert_corpus(folder / "corpus.txt", cast_documents(360, seed=6))
@@ -155,7 +155,7 @@ def tiny_run(folder: Path, learning_rate: float) -> tuple[Path, list[dict]]:
                  "--data.max_seq_length=32", "--data.batch_size=32", "--data.num_workers=0",
                  "--data.num_proc=null", "--data.validation_documents=60",
                  "--model.config=" + json.dumps(model), f"--model.learning_rate={learning_rate}",
-                 "--trainer.max_steps=80", "--trainer.val_check_interval=40",
+                 "--trainer.max_steps=100", "--trainer.val_check_interval=50",
                  "--trainer.accumulate_grad_batches=1", "--trainer.devices=1",
                  "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=10",
                  "--trainer.enable_progress_bar=false",
@@ -181,7 +181,7 @@ def test_a_tiny_run_learns_more_than_token_frequencies(tmp_path, monkeypatch, on
     learning rate of 1e-9 the same run stays below the baseline.)"""
     monkeypatch.chdir(tmp_path)
     run, rows = tiny_run(tmp_path, learning_rate=2e-3)
-    assert [int(r["step"]) for r in rows] == [39, 79]
+    assert [int(r["step"]) for r in rows] == [49, 99]
     first, last = rows[0], rows[-1]
     accuracy, majority = float(last["val/mlm_accuracy"]), float(last["val/mlm_majority_accuracy"])
     assert accuracy > 2 * majority, (accuracy, majority)
