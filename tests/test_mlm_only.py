@@ -137,7 +137,8 @@ def test_a_tiny_run_learns_more_than_token_frequencies(tmp_path, monkeypatch):
                  "--data.num_proc=null", "--data.validation_documents=20",
                  "--model.config=" + json.dumps(model), "--model.learning_rate=3e-3",
                  "--trainer.max_steps=200", "--trainer.val_check_interval=100",
-                 "--trainer.accumulate_grad_batches=1", "--trainer.devices=1",
+                 "--trainer.accumulate_grad_batches=1", "--global_batch_size=null",
+                 "--trainer.devices=1",
                  "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=10",
                  "--trainer.enable_progress_bar=false",
                  "--trainer.enable_model_summary=false"]) == 0
