@@ -106,6 +106,87 @@ def test_noise_filters_name_exact_messages():
                                                "'set_vital' is deprecated, please do not call"]
 
 
+def test_lightning_log_lines_go_through_a_live_progress_bar(monkeypatch):
+    """A Lightning log line written while the Rich bar is live ("`Trainer.fit` stopped:
+    `max_steps=30` reached.") goes through Rich, which prints it above the bar. Lightning's
+    handler wrote it to the stderr of the moment Lightning was imported, past Rich: in a
+    terminal the line landed after the bar's text and the bar, redrawn below it, showed twice
+    (docs/terminal.md)."""
+    import io
+    import logging
+    import sys
+
+    from rich.console import Console
+    from rich.progress import Progress
+    before_rich = io.StringIO()  # the stderr Lightning's handler took when it was imported
+    logger = logging.getLogger("lightning.pytorch")
+    monkeypatch.setattr(logger, "handlers", [logging.StreamHandler(before_rich)])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(sys, "stderr", before_rich)
+    quiet_dependency_noise()
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, force_interactive=True, width=100)
+    with Progress(console=console, auto_refresh=False) as progress:
+        epoch = progress.add_task("Epoch 0/0", total=125)
+        progress.update(epoch, completed=30)
+        progress.refresh()
+        logging.getLogger("lightning.pytorch.loops.fit_loop").info(
+            "`Trainer.fit` stopped: `max_steps=30` reached.")
+        progress.refresh()
+    assert "`Trainer.fit` stopped: `max_steps=30` reached." in screen.getvalue()
+    assert before_rich.getvalue() == ""
+    # and without a bar, the line is on stderr as before
+    logging.getLogger("lightning.pytorch.loops.fit_loop").info("Restoring states")
+    assert before_rich.getvalue() == "Restoring states\n"
+
+
+def test_a_resumed_run_reads_its_checkpoint_with_weights_only(tiny_backbone_dir, tmp_path,
+                                                              monkeypatch):
+    """`--ckpt_path` resumes through bertzoo's checkpoint reader (`torch.load` with
+    `weights_only=True`), and neither saving nor resuming makes Lightning log "`weights_only`
+    was not set, defaulting to `False`" (it did at every save, once)."""
+    import logging
+
+    import torch
+
+    from bertzoo.tasks.classification import example_data
+    monkeypatch.chdir(tmp_path)
+    files = example_data(tmp_path)
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    collector = Collect()
+    logging.getLogger("lightning.pytorch").addHandler(collector)
+    loads: list[object] = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    args = ["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+            f"--data.train_file={files['train_file']}",
+            f"--data.validation_file={files['validation_file']}", "--data.batch_size=4",
+            "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+    try:
+        assert main([*args, "--trainer.max_steps=1"]) == 0
+        monkeypatch.setattr(torch, "load", load)
+        assert main([*args, "--trainer.max_steps=2", "--ckpt_path=last"]) == 0
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(collector)
+    assert any(m.startswith("Restoring states from the checkpoint path at") for m in seen)
+    assert not [m for m in seen if "weights_only" in m], seen
+    assert loads and all(weights_only is True for weights_only in loads), loads
+    resumed = real_load(tmp_path / "runs/classification/version_0/checkpoints/last.ckpt",
+                        weights_only=True)
+    assert resumed["global_step"] == 2
+
+
 def test_summary_reads_best_and_final_from_metrics_csv(tmp_path):
     """Best (by the monitor's mode) and final value of the monitored metric, from a metrics.csv
     whose values differ: the best is neither the first nor the last."""

@@ -45,13 +45,42 @@ class _DropAdvertisements(logging.Filter):
         return not str(record.msg).startswith(NOISY_LOG_LINES)
 
 
+class CurrentStderr:
+    """A stream that writes to `sys.stderr` as it is at each write. Lightning's log handler
+    keeps the `sys.stderr` of the moment Lightning was imported; while a Rich progress bar is
+    live, Rich puts a proxy in `sys.stderr` that prints a line above the bar. A log line (such
+    as "`Trainer.fit` stopped: `max_steps=30` reached.") written past that proxy lands after
+    the bar's text, and the bar, redrawn below it, shows twice on the screen."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+# Loggers that Lightning gives a handler of its own (when the root logger has none).
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
 def quiet_dependency_noise() -> None:
-    """Hide the warnings and log lines above (and only those)."""
+    """Hide the warnings and log lines above (and only those), and send Lightning's log lines
+    through `sys.stderr` as it is when they are written (`CurrentStderr`)."""
     for category, message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
     logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
         logger.addFilter(_DropAdvertisements())
+    for name in LIGHTNING_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            # (a handler a user configured on stdout, or a file, is theirs: left alone)
+            if type(handler) is logging.StreamHandler and not isinstance(
+                    handler.stream, CurrentStderr) and handler.stream not in (sys.stdout,
+                                                                              sys.__stdout__):
+                try:
+                    handler.setStream(CurrentStderr())
+                except ValueError:  # the old stream was closed (flushing it failed)
+                    handler.stream = CurrentStderr()
 
 
 # ------------------------------------------------------------------------------ the bar
