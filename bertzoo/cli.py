@@ -534,17 +534,20 @@ def cmd_serve(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bertzoo serve", description=cmd_serve.__doc__)
     parser.add_argument("path", help="a task .ckpt, a run folder, or a `bertzoo export` folder "
                                      "(Hugging Face or ONNX) of a task model")
+    from bertzoo.training.options import NonNegativeFloat, Port, PositiveInt, argparse_type
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=argparse_type(Port), default=8000,
+                        help="port to listen on (int in [1024, 65535])")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--max-batch-size", type=int, default=8,
-                        help="requests batched together on the server (1: no batching)")
-    parser.add_argument("--batch-timeout", type=float, default=0.01,
-                        help="seconds a batch waits for more requests")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="model processes (each loads its own copy)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="inputs per forward pass")
+    parser.add_argument("--max-batch-size", type=argparse_type(PositiveInt), default=8,
+                        help="requests batched together on the server (int >= 1; 1: no "
+                             "batching)")
+    parser.add_argument("--batch-timeout", type=argparse_type(NonNegativeFloat), default=0.01,
+                        help="seconds a batch waits for more requests (float >= 0)")
+    parser.add_argument("--workers", type=argparse_type(PositiveInt), default=1,
+                        help="model processes, each with its own copy (int >= 1)")
+    parser.add_argument("--batch-size", type=argparse_type(PositiveInt), default=32,
+                        help="inputs per forward pass (int >= 1)")
     ns = parser.parse_args(args)
     try:
         from bertzoo.serving import serve

@@ -417,6 +417,26 @@ def test_global_batch_size_shows_its_range_in_help(capsys, monkeypatch):
             found and found.group(1)
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--workers", "0", "expected int >= 1, got 0"),
+    ("--max-batch-size", "0", "expected int >= 1, got 0"),
+    ("--batch-size", "-2", "expected int >= 1, got -2"),
+    ("--batch-timeout", "-1", "expected float >= 0, got -1.0"),
+    ("--port", "80", "expected int in [1024, 65535], got 80"),
+])
+def test_serve_options_have_ranges(option, value, expected, capsys, monkeypatch):
+    """`bertzoo serve`'s numbers, refused by its parser with the range (LitServe raised a
+    ValueError traceback for each of these), and the range in --help."""
+    status, _, err = run(["serve", "model.ckpt", option, value], capsys)
+    assert status == 2
+    assert err.strip().splitlines()[-1] == f"bertzoo serve: error: argument {option}: {expected}"
+    monkeypatch.setenv("COLUMNS", "1000")
+    _, out, _ = run(["serve", "--help"], capsys)
+    shown = next(" ".join(block.split()) for block in re.split(r"\n(?=  -)", out)
+                 if block.strip().startswith(option))
+    assert f"({expected.split(', got')[0].removeprefix('expected ')}" in shown, shown
+
+
 # -------------------------------------------------------------------------- damaged recipes
 @pytest.mark.parametrize("content, message", [
     (b"model: {backbone: [1, 2\n",

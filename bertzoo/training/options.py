@@ -94,6 +94,8 @@ DropoutRate = _range("float in [0, 1)", float, 0, 1, high_open=True)
 Fraction = _range("float in (0, 1]", float, 0, 1, low_open=True)
 # The shortest input worth a model's time: [CLS] A [SEP] B [SEP] with one token on each side.
 SequenceLength = _range("int >= 5", int, 5, INT_MAX)
+# A port a server may listen on without privileges (LitServe refuses the rest).
+Port = _range("int in [1024, 65535]", int, 1024, 65535)
 
 
 def check_range(key: str, value, kind: type) -> None:
@@ -153,6 +155,21 @@ def refuse_null_values(section: str, cls, values: Mapping) -> None:
             raise ConfigError(f"{section}.{key}: expected {describe_type(annotations[key])}, got "
                               f"null (an empty value in the recipe); give a value, or leave "
                               f"the key out for its default")
+
+
+def argparse_type(kind: type):
+    """`kind` as an argparse `type=`: the plain number, or argparse's own error naming the
+    option, the range and the value (`argument --workers: expected int >= 1, got '0'`)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            return kind.range.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def one_line_parser_error(message: str) -> str:
