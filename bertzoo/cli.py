@@ -190,8 +190,13 @@ def _parser_class(user_command: str = "fit"):
         def error(self, message: str, ex: Exception | None = None):
             parser = getattr(ex, "subcommand_parser", None) or self
             message = suggest_closest_key(message, parser)
-            if not self.exit_on_error or os.environ.get("BERTZOO_TRACEBACK"):
-                return super().error(message, ex)  # raised for the caller, or the full report
+            if os.environ.get("BERTZOO_TRACEBACK"):
+                # the traceback, down to the parser's own error (what jsonargparse raises
+                # under JSONARGPARSE_DEBUG)
+                import argparse
+                raise argparse.ArgumentError(None, message) from ex
+            if not self.exit_on_error:
+                return super().error(message, ex)  # raised for the caller
             # One line, like bertzoo's own errors: the usage of every option of the model,
             # the data and the Trainer buries the message (`--help` prints it).
             print(f"bertzoo {user_command}: error: {one_line_parser_error(message)}",

@@ -437,6 +437,38 @@ def test_serve_options_have_ranges(option, value, expected, capsys, monkeypatch)
     assert f"({expected.split(', got')[0].removeprefix('expected ')}" in shown, shown
 
 
+@pytest.mark.parametrize("case", ["parser", "before data", "recipe", "first step"])
+def test_bertzoo_traceback_shows_the_traceback(case, tiny_backbone_dir, tmp_path, monkeypatch,
+                                               capsys):
+    """BERTZOO_TRACEBACK=1: the error is raised (Python prints the traceback) with the cause
+    it was made from, at every stage an error can be found."""
+    import argparse
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BERTZOO_TRACEBACK", "1")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: classification\nmodel: {backbone: [x\n")
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"sentence {i}\t{i % 2}\n"
+                                                   for i in range(8)), encoding="utf-8")
+    base = ["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+            "--trainer.enable_progress_bar=false"]
+    args, raised, cause = {
+        "parser": (["fit", "--task", "classification", "--data.batch_size=0"],
+                   argparse.ArgumentError, Exception),
+        "before data": ([*base, "--model.warmup=300", "--trainer.max_steps=1",
+                         "--data.labels=[a, b]", "--data.train_file=never-read.tsv"],
+                        ConfigError, type(None)),
+        "recipe": (["fit", "--config", str(recipe)], ConfigError, yaml.YAMLError),
+        "first step": ([*base, "--model.warmup=300", "--trainer.max_epochs=1",
+                        f"--data.train_file={train}"],
+                       ConfigError, type(None)),
+    }[case]
+    with pytest.raises(raised) as error:
+        main(args)
+    assert isinstance(error.value.__cause__, cause), repr(error.value.__cause__)
+    assert "error:" not in capsys.readouterr().err  # no one-line report instead
+
+
 # -------------------------------------------------------------------------- damaged recipes
 @pytest.mark.parametrize("content, message", [
     (b"model: {backbone: [1, 2\n",
