@@ -645,3 +645,47 @@ def test_an_empty_value_in_a_recipe_is_refused(section, key, expected, tiny_back
     from bertzoo.training.options import accepts_none, option_types
     from bertzoo.tasks.classification import ClassificationDataModule
     assert accepts_none(option_types(ClassificationDataModule)["eval_batch_size"])
+
+
+# ------------------------------------------------------------------------- no blanket catch
+# Where a catch-all is the design, and where the error goes: (file, function) -> why.
+CATCH_ALL_BOUNDARIES = {
+    ("tasks/registry.py", "_load"): "a plugin's failure is recorded (`bertzoo tasks` lists it "
+                                    "as broken) and raised from it when the task is used",
+    ("glue.py", "main"): "one GLUE task's failure is recorded in the results and reported; the "
+                         "suite goes on and exits 1 (BERTZOO_TRACEBACK=1 prints the traceback)",
+    ("serving.py", "_answer"): "a batch that fails is answered one request at a time",
+    ("serving.py", "_failure"): "a request the model cannot answer gets a 422 naming the error; "
+                                "the server goes on",
+}
+
+
+def test_no_blanket_except_swallows_an_error():
+    """Every `except Exception` (or BaseException, or a bare `except:`) in bertzoo and its
+    plugin re-raises: as a named, user-facing error from the original (`raise ... from err`),
+    or as it was (`raise`), unless it is one of the boundaries above."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    sources = [*(root / "bertzoo").rglob("*.py"), *(root / "plugins").rglob("*.py")]
+    swallowing = []
+    for path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        functions = [node for node in ast.walk(tree)
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for handler in (n for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)):
+            caught = handler.type
+            names = [e.id for e in (caught.elts if isinstance(caught, ast.Tuple) else [caught])
+                     if isinstance(e, ast.Name)] if caught is not None else ["(bare)"]
+            if not {"Exception", "BaseException", "(bare)"} & set(names):
+                continue
+            raises = [n for n in ast.walk(handler) if isinstance(n, ast.Raise)]
+            if raises and all(r.exc is None or r.cause is not None for r in raises):
+                continue
+            inside = min((f for f in functions if f.lineno <= handler.lineno <= f.end_lineno),
+                         key=lambda f: f.end_lineno - f.lineno, default=None)
+            where = (path.relative_to(root / "bertzoo").as_posix()
+                     if (root / "bertzoo") in path.parents else path.name,
+                     inside.name if inside else "")
+            if where not in CATCH_ALL_BOUNDARIES:
+                swallowing.append(f"{path.relative_to(root)}:{handler.lineno} ({where[1]})")
+    assert not swallowing, f"catch-alls that do not re-raise from the cause: {swallowing}"
