@@ -140,6 +140,30 @@ def test_lightning_log_lines_go_through_a_live_progress_bar(monkeypatch):
     assert before_rich.getvalue() == "Restoring states\n"
 
 
+def test_in_a_log_the_bar_is_one_line(tiny_backbone_dir, tmp_path, monkeypatch):
+    """stdout not a terminal (CI, `| tee run.log`): the bar is printed once, when it ends, on
+    one line with its metrics (at Rich's width for a file, 80 columns, they took three)."""
+    import contextlib
+    import io
+
+    from bertzoo.tasks.classification import example_data
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    files = example_data(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                     f"--data.train_file={files['train_file']}",
+                     f"--data.validation_file={files['validation_file']}",
+                     "--data.batch_size=4", "--trainer.max_steps=2",
+                     "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1",
+                     "--trainer.num_sanity_val_steps=0"]) == 0
+    bars = [line for line in out.getvalue().splitlines() if line.startswith("Epoch 0/")]
+    assert len(bars) == 1, out.getvalue()
+    assert re.search(r" 2/\d+ .* loss: [\d.]+ accuracy: [\d.]+ tokens/s: [\d,]+ *$", bars[0]), \
+        bars[0]
+
+
 def test_a_resumed_run_reads_its_checkpoint_with_weights_only(tiny_backbone_dir, tmp_path,
                                                               monkeypatch):
     """`--ckpt_path` resumes through bertzoo's checkpoint reader (`torch.load` with

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -141,12 +142,19 @@ class ReadableTQDMProgressBar(TQDMProgressBar):
         return bar_metrics(trainer, _monitor(trainer))
 
 
+# Columns of the bar in a log (stdout not a terminal): Rich's width for a file, 80, puts each
+# of the bar's metrics on a line of its own.
+LOG_WIDTH = 120
+
+
 def progress_bar(leave: bool = True):
     try:
         import rich  # noqa: F401
     except ImportError:
         return ReadableTQDMProgressBar(leave=leave)
-    return ReadableRichProgressBar(leave=leave)
+    in_a_log = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return ReadableRichProgressBar(leave=leave,
+                                   console_kwargs={"width": LOG_WIDTH} if in_a_log else None)
 
 
 class OneLineModelSummary(ModelSummary):
