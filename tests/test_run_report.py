@@ -102,8 +102,12 @@ def test_noise_filters_name_exact_messages():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
         warnings.warn("data.max_length is deprecated", UserWarning)
         warnings.warn("'set_vital' is deprecated, please do not call", DeprecationWarning)
-    assert [str(w.message) for w in shown] == ["data.max_length is deprecated",
-                                               "'set_vital' is deprecated, please do not call"]
+        warnings.warn("Checkpoint directory runs/x/version_0/checkpoints exists and is not "
+                      "empty.", UserWarning)
+        warnings.warn("Checkpoint directory runs/x exists and is not empty. Really", UserWarning)
+    assert [str(w.message) for w in shown] == [
+        "data.max_length is deprecated", "'set_vital' is deprecated, please do not call",
+        "Checkpoint directory runs/x exists and is not empty. Really"]
 
 
 def test_lightning_log_lines_go_through_a_live_progress_bar(monkeypatch):
@@ -200,9 +204,15 @@ def test_a_resumed_run_reads_its_checkpoint_with_weights_only(tiny_backbone_dir,
     try:
         assert main([*args, "--trainer.max_steps=1"]) == 0
         monkeypatch.setattr(torch, "load", load)
-        assert main([*args, "--trainer.max_steps=2", "--ckpt_path=last"]) == 0
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert main([*args, "--trainer.max_steps=2", "--ckpt_path=last"]) == 0
     finally:
         logging.getLogger("lightning.pytorch").removeHandler(collector)
+    # the run resumes in its own folder on purpose: Lightning's note that the checkpoint
+    # folder is not empty is not shown
+    assert not [w for w in shown if "exists and is not empty" in str(w.message)], \
+        [str(w.message) for w in shown]
     assert any(m.startswith("Restoring states from the checkpoint path at") for m in seen)
     assert not [m for m in seen if "weights_only" in m], seen
     assert loads and all(weights_only is True for weights_only in loads), loads

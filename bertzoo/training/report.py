@@ -25,13 +25,15 @@ from lightning.pytorch.callbacks import (Callback, ModelSummary, RichProgressBar
 
 from bertzoo.training.callbacks import LastCheckpoint
 
-# (category, exact start of the message) of warnings the user cannot act on: a dependency's
-# deprecation inside another dependency.
+# (category, pattern of the message from its start) of warnings the user cannot act on: a
+# dependency's deprecation inside another dependency, or a note on what bertzoo does on purpose.
 NOISY_WARNINGS = (
     # torchdata's StatefulDataLoader calls torch.set_vital, which torch deprecates.
-    (UserWarning, "'set_vital' is deprecated, please do not call"),
+    (UserWarning, re.escape("'set_vital' is deprecated, please do not call")),
     # Lightning's _pytree still builds torch's LeafSpec.
-    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+    (FutureWarning, re.escape("`isinstance(treespec, LeafSpec)` is deprecated")),
+    # `--ckpt_path last` resumes a run in its own folder, next to the checkpoints it wrote.
+    (UserWarning, r"Checkpoint directory .+ exists and is not empty\.$"),
 )
 # Start of Lightning log lines advertising its cloud products.
 NOISY_LOG_LINES = ("💡 Tip: For seamless cloud",
@@ -67,8 +69,8 @@ LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 def quiet_dependency_noise() -> None:
     """Hide the warnings and log lines above (and only those), and send Lightning's log lines
     through `sys.stderr` as it is when they are written (`CurrentStderr`)."""
-    for category, message in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    for category, pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
     logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
         logger.addFilter(_DropAdvertisements())
