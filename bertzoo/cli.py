@@ -190,8 +190,13 @@ def _parser_class(user_command: str = "fit"):
         def error(self, message: str, ex: Exception | None = None):
             parser = getattr(ex, "subcommand_parser", None) or self
             message = suggest_closest_key(message, parser)
-            if not self.exit_on_error or os.environ.get("BERTZOO_TRACEBACK"):
-                return super().error(message, ex)  # raised for the caller, or the full report
+            if os.environ.get("BERTZOO_TRACEBACK"):
+                # the traceback, down to the parser's own error (what jsonargparse raises
+                # under JSONARGPARSE_DEBUG)
+                import argparse
+                raise argparse.ArgumentError(None, message) from ex
+            if not self.exit_on_error:
+                return super().error(message, ex)  # raised for the caller
             # One line, like bertzoo's own errors: the usage of every option of the model,
             # the data and the Trainer buries the message (`--help` prints it).
             print(f"bertzoo {user_command}: error: {one_line_parser_error(message)}",
@@ -204,6 +209,7 @@ def _parser_class(user_command: str = "fit"):
 def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
+    from bertzoo.training.options import PositiveInt
     from bertzoo.training.report import RunSummary
 
     class BertzooCLI(LightningCLI):
@@ -211,8 +217,10 @@ def _lightning_cli_class():
 
         def __init__(self, *args, links: tuple[str, ...] = (), task_name: str | None = None,
                      task_argument: bool = False, user_command: str | None = None,
-                     run_folder: Path | None = None, **kwargs):
+                     run_folder: Path | None = None, accumulate_given: bool = False,
+                     **kwargs):
             self.links = links
+            self.accumulate_given = accumulate_given
             self.user_command = user_command or kwargs["args"][0]
             self.run_folder = run_folder
             self.task_name = task_name
@@ -246,6 +254,15 @@ def _lightning_cli_class():
                 parser.add_argument("--task", type=str | None, default=self.task_name,
                                     help="Registered task name (see `bertzoo tasks`); a recipe "
                                          "may name it instead with `task: NAME`.")
+            parser.add_argument(
+                "--global_batch_size", type=PositiveInt | None, default=None,
+                help="Sequences per optimizer step over all processes: data.batch_size x "
+                     "trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches. "
+                     "When set, training derives trainer.accumulate_grad_batches from it for "
+                     "the devices it runs on (leave that out, or give the same value); a "
+                     "global batch that is not a multiple of data.batch_size x devices x "
+                     "nodes is refused before anything is read. Read by fit and pretrain; "
+                     "validate, test and predict accept it (a recipe has one) and ignore it.")
             for name in self.links:
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}"
                                       if self.subclass_mode_model else f"model.{name}",
@@ -255,9 +272,10 @@ def _lightning_cli_class():
                     parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="parse")
 
         def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            self._refuse_nulls(config)
             if self.run_folder is not None:  # the arguments are good: the run starts
                 print(f"bertzoo {self.user_command}: run folder {self.run_folder}", flush=True)
-            config = self.config[self.subcommand] if self.subcommand else self.config
             fill_from_checkpoint(config, self.subclass_mode_model)
             # Lightning refuses a progress bar or checkpoint callback when the trainer switches
             # them off; bertzoo's defaults step aside (its model summary too).
@@ -270,6 +288,21 @@ def _lightning_cli_class():
                     c for c in self.trainer_defaults.get("callbacks", [])
                     if not isinstance(c, switched_off)]
 
+        def _refuse_nulls(self, config) -> None:
+            from bertzoo.training.options import refuse_null_values
+            sections = {"trainer": (self.trainer_class, config.get("trainer")),
+                        "model": (self.model_class, config.get("model")),
+                        "data": (self.datamodule_class, config.get("data"))}
+            for name, (cls, values) in sections.items():
+                subclass = (self.subclass_mode_model if name == "model" else
+                            self.subclass_mode_data if name == "data" else False)
+                if subclass and values is not None:
+                    cls = resolve_class(values.get("class_path"))
+                    values = values.get("init_args")
+                if cls is not None and values is not None:
+                    refuse_null_values(name, cls, dict(values.items(nested=False))
+                                       if hasattr(values, "items") else {})
+
         def instantiate_trainer(self, **kwargs):
             try:
                 return super().instantiate_trainer(**kwargs)
@@ -281,9 +314,18 @@ def _lightning_cli_class():
         # The rules between options, once everything is built and before any data is read.
         def _check(self) -> None:
             from bertzoo.training.checks import check_run
-            check_run(self.model, self.datamodule, self.trainer)
+            check_run(self.model, self.datamodule, self.trainer, stage=self.subcommand)
 
-        before_fit = before_validate = before_test = before_predict = _check
+        before_validate = before_test = before_predict = _check
+
+        def before_fit(self) -> None:
+            from bertzoo.training.checks import apply_global_batch
+            config = self.config[self.subcommand]
+            derived = apply_global_batch(config.get("global_batch_size"), self.datamodule,
+                                         self.trainer, self.accumulate_given)
+            if derived is not None:  # the run's config.yaml says what the run did
+                config.trainer.accumulate_grad_batches = derived
+            self._check()
 
         def after_fit(self) -> None:
             summary = next((c for c in self.trainer.callbacks if isinstance(c, RunSummary)),
@@ -329,6 +371,8 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
                       user_command: str | None = None):
     """Run one LightningCLI subcommand with bertzoo's Trainer defaults and run folder."""
     user_command = user_command or command
+    for _, path in _config_paths(args):
+        _read_yaml(path)  # a damaged recipe named before the parser meets it
     original_args, args = list(args), list(args)
     resumed_version = None
     if "--ckpt_path" in args or any(a.startswith("--ckpt_path=") for a in args):
@@ -376,6 +420,7 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
             module_class, datamodule_class, args=[command, *args], links=links,
             task_name=task_name, task_argument=task_argument, user_command=user_command,
             run_folder=run_folder,
+            accumulate_given=option_given(args, "trainer", "accumulate_grad_batches"),
             subclass_mode_model=subclass_mode, subclass_mode_data=subclass_mode,
             trainer_defaults=trainer_defaults(run_name, version, monitor, monitor_mode,
                                               extra_callbacks, summary),
@@ -395,13 +440,15 @@ def run_lightning_cli(command: str, args: list[str], module_class, datamodule_cl
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# Options only a training run reads: left out of the evaluation commands a summary suggests.
+# Options that neither `test` nor `predict` reads (training's, and validation's limit): left
+# out of the commands a summary suggests.
 TRAINING_ONLY = ("--ckpt_path", "--trainer.max_epochs", "--trainer.max_steps",
                  "--trainer.min_epochs", "--trainer.min_steps", "--trainer.max_time",
                  "--trainer.val_check_interval", "--trainer.check_val_every_n_epoch",
                  "--trainer.num_sanity_val_steps", "--trainer.limit_train_batches",
-                 "--trainer.accumulate_grad_batches", "--trainer.gradient_clip_val",
-                 "--trainer.log_every_n_steps")
+                 "--trainer.limit_val_batches", "--trainer.accumulate_grad_batches",
+                 "--trainer.gradient_clip_val", "--trainer.log_every_n_steps",
+                 "--global_batch_size")
 
 
 def next_commands(user_command: str, task: str, args: list[str], checkpoint: str,
@@ -492,17 +539,20 @@ def cmd_serve(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bertzoo serve", description=cmd_serve.__doc__)
     parser.add_argument("path", help="a task .ckpt, a run folder, or a `bertzoo export` folder "
                                      "(Hugging Face or ONNX) of a task model")
+    from bertzoo.training.options import NonNegativeFloat, Port, PositiveInt, argparse_type
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=argparse_type(Port), default=8000,
+                        help="port to listen on (int in [1024, 65535])")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--max-batch-size", type=int, default=8,
-                        help="requests batched together on the server (1: no batching)")
-    parser.add_argument("--batch-timeout", type=float, default=0.01,
-                        help="seconds a batch waits for more requests")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="model processes (each loads its own copy)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="inputs per forward pass")
+    parser.add_argument("--max-batch-size", type=argparse_type(PositiveInt), default=8,
+                        help="requests batched together on the server (int >= 1; 1: no "
+                             "batching)")
+    parser.add_argument("--batch-timeout", type=argparse_type(NonNegativeFloat), default=0.01,
+                        help="seconds a batch waits for more requests (float >= 0)")
+    parser.add_argument("--workers", type=argparse_type(PositiveInt), default=1,
+                        help="model processes, each with its own copy (int >= 1)")
+    parser.add_argument("--batch-size", type=argparse_type(PositiveInt), default=32,
+                        help="inputs per forward pass (int >= 1)")
     ns = parser.parse_args(args)
     try:
         from bertzoo.serving import serve
@@ -534,11 +584,28 @@ def _config_paths(args: list[str]) -> list[tuple[int, Path]]:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A --config file's top-level mapping. A file that is empty, not UTF-8
+    text, not YAML or not a mapping is refused naming the file (and the line): the parser's
+    own errors name neither, or end in a traceback."""
     import yaml
+
+    from bertzoo.files import check_text_file
     if not path.is_file():
         return {}  # jsonargparse reports a missing --config file itself
-    loaded = yaml.safe_load(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
+    check_text_file(path, expected="a YAML recipe (UTF-8 text)")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem}); expected a recipe: "
+                          f"a YAML mapping of model, data and trainer options") from err
+    if not isinstance(loaded, dict):
+        held = "nothing" if loaded is None else f"a YAML {type(loaded).__name__}"
+        raise ConfigError(f"{path} holds {held}, not a recipe: expected a YAML mapping of "
+                          f"model, data and trainer options")
+    return loaded
 
 
 def task_from_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -588,6 +655,33 @@ def class_path_from_args(args: list[str], key: str) -> str | None:
         if isinstance(value, str) and value:
             found = value
     return found
+
+
+def option_given(args: list[str], section: str, key: str) -> bool:
+    """Whether `section.key` is set by the command line or a --config file, rather than left
+    at its default (the parsed value alone cannot tell a default from a value typed again)."""
+    import yaml
+    configs = dict(_config_paths(args))
+    flag, group = f"--{section}.{key}", f"--{section}"
+    for i, arg in enumerate(args):
+        value = None
+        if arg == flag or arg.startswith(f"{flag}="):
+            return True
+        if i in configs:
+            value = _read_yaml(configs[i]).get(section)
+        elif arg == group and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{group}="):
+            value = arg.split("=", 1)[1]
+        if isinstance(value, str):  # --trainer FILE or --trainer '{...}'
+            try:
+                value = _read_yaml(Path(value)) if Path(value).is_file() else \
+                    yaml.safe_load(value)
+            except (OSError, yaml.YAMLError):
+                value = None  # not a file nor YAML: the parser says so
+        if isinstance(value, dict) and key in value:
+            return True
+    return False
 
 
 def resolve_class(path: str | None):

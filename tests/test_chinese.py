@@ -149,7 +149,8 @@ def test_the_chinese_recipe_runs_offline_on_the_article(article, tmp_path, monke
                  "--data.validation_documents", "0", "--data.num_workers", "0",
                  "--data.tokenizer_vocab_size", "1500", "--data.max_seq_length", "64",
                  "--data.batch_size", "8", "--model.config", json.dumps(tiny),
-                 "--trainer.max_steps", "3", "--trainer.devices", "1",
+                 "--trainer.max_steps", "3", "--model.warmup", "0.1",
+                 "--global_batch_size", "null", "--trainer.devices", "1",
                  "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
                  "--trainer.enable_progress_bar", "false"]) == 0
     run = tmp_path / "runs/pretrain/version_0"

@@ -179,7 +179,7 @@ def pretraining_checkpoint(tmp_path_factory) -> Path:
     model = PretrainingModule(config={"hidden_size": 32, "num_hidden_layers": 2,
                                       "num_attention_heads": 2, "intermediate_size": 64,
                                       "max_position_embeddings": 64},
-                              vocab_size=datamodule.vocab_size, learning_rate=1e-2)
+                              vocab_size=datamodule.vocab_size, learning_rate=1e-2, warmup=1)
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(folder))

@@ -112,6 +112,17 @@ BAD_INPUT = {
          "jieba is not installed; install the Chinese extra: "),
     47: ("test_streaming_resume.py::test_a_streamed_run_stopped_by_ctrl_c_resumes_bitwise",
          "stream resumes exactly only with the same layout: resume with the same "),
+    48: ("test_validation.py::test_warmup_longer_than_max_steps_is_refused_before_data_is_read",
+         "model.warmup (300 steps) is longer than the run "),
+    49: ("test_validation.py::test_warmup_longer_than_the_epochs_refused_before_a_step",
+         "optimizer steps: trainer.max_epochs="),
+    50: ("test_validation.py::test_global_batch_that_does_not_divide_is_refused",
+         "is not a multiple of data.batch_size ("),
+    51: ("test_validation.py::test_global_batch_that_does_not_divide_is_refused",
+         "trainer.accumulate_grad_batches (2) contradicts global_batch_size ("),
+    52: ("test_validation.py::test_a_damaged_recipe_is_named", ": not valid YAML (expected "),
+    53: ("test_validation.py::test_an_empty_value_in_a_recipe_is_refused",
+         "got null (an empty value in "),
 }
 INTERRUPTS = {
     "non-finite training loss (NaN/inf)":
@@ -171,7 +182,7 @@ def referenced_tests(cell: str) -> list[str]:
 
 def test_the_tables_have_exactly_these_rows():
     bad_input = table_rows("The table")
-    assert [int(cells[0]) for cells in bad_input] == sorted(BAD_INPUT) == list(range(1, 48))
+    assert [int(cells[0]) for cells in bad_input] == sorted(BAD_INPUT) == list(range(1, 54))
     assert [cells[0] for cells in table_rows("Interrupts and failures")] == list(INTERRUPTS)
 
 

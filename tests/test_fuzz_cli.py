@@ -4,10 +4,12 @@ traceback, never a hang, never a checkpoint of a failed run, never a run folder 
 
 Hypothesis generates, for `pretrain` and for every registered task (plugins included, read from
 the registry):
-    recipes        a working recipe with keys dropped, values of the wrong type or out of
-                   range, unknown keys added
-    damaged files  the task's example training file (the corpus for pretraining) truncated,
-                   binary, in another encoding, with renamed columns, ragged rows, or empty
+    recipes          a working recipe with keys dropped, values of the wrong type or out of
+                     range, unknown keys added
+    damaged recipes  the working recipe's YAML file truncated, binary, in another encoding,
+                     with renamed keys, ragged lines, or empty
+    damaged files    the task's example training file (the corpus for pretraining) truncated,
+                     binary, in another encoding, with renamed columns, ragged rows, or empty
 
 The runs go through `bertzoo.cli.main`, the console script's entry point, in this process (the
 parser is built in 0.3 s; a subprocess would pay seconds of imports per example).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 import os
 import re
 import shutil
@@ -59,6 +62,8 @@ BAD_VALUES = ["lots", "", "1e3x", [], [1, 2], {"a": 1}, True, None, -1, 0, -0.5,
               float("nan"), float("inf"), float("-inf"), 10**30]
 # Options whose valid values start processes or allocate by the value: generated small.
 RESOURCE_OPTIONS = {"num_workers", "num_proc"}
+# Numeric options at the top level of a recipe (bertzoo's own; the Trainer's are Lightning's).
+TOP_LEVEL_NUMERIC = ["global_batch_size"]
 
 
 # --------------------------------------------------------------------------------- fixtures
@@ -194,7 +199,8 @@ def mutated_recipes(draw, command: str, root: Path):
     recipe = base_recipe(command, root)
     numbers = numeric_options(command)
     keys = [f"{s}.{k}" for s in ("model", "data") for k in recipe.get(s, {})]
-    numeric_keys = [f"{s}.{k}" for s, names in numbers.items() for k in names]
+    numeric_keys = [f"{s}.{k}" for s, names in numbers.items() for k in names] + \
+        TOP_LEVEL_NUMERIC
     changes = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["drop", "wrong", "range", "unknown", "valid"]))
@@ -216,7 +222,7 @@ def mutated_recipes(draw, command: str, root: Path):
             _set(recipe, key, value)
         else:  # a valid value, small
             key = draw(st.sampled_from(numeric_keys))
-            limit = 4 if key.split(".")[1] in RESOURCE_OPTIONS else 600
+            limit = 4 if key.split(".")[-1] in RESOURCE_OPTIONS else 600
             # (sampled, not st.floats: a CPU run may switch on flush-to-zero for subnormals,
             # which Hypothesis's float generator refuses to work under)
             value = draw(st.one_of(st.integers(0, limit),
@@ -305,5 +311,32 @@ def test_damaged_files_run_or_fail_with_one_line(command, fuzz_root, monkeypatch
         foreign = kind in ("utf-16", "latin-1") or b"\x00" in content
         if status and foreign:
             assert str(bad) in line, f"{command}: the error does not name the file: {line}"
+
+    check()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_damaged_recipes_run_or_fail_with_one_line(command, fuzz_root, monkeypatch):
+    """The working recipe's file damaged as the data files are. The quick Trainer settings
+    follow on the command line, so that a cut recipe that still parses cannot start a long
+    run (a recipe without its trainer section trains for Lightning's 1,000 epochs)."""
+    monkeypatch.chdir(fuzz_root)
+    recipe = base_recipe(command, fuzz_root)
+    original = yaml.safe_dump(recipe).encode()
+    verb = "pretrain" if command == "pretrain" else "fit"
+    quick = [f"--trainer.{key}={json.dumps(value)}" for key, value in QUICK_TRAINER.items()]
+
+    @FUZZ
+    @given(case=damaged(original))
+    def check(case):
+        kind, content = case
+        fresh(fuzz_root)
+        path = fuzz_root / f"damaged-recipe-{command}.yaml"
+        path.write_bytes(content)
+        status, line = assert_runs_or_fails_cleanly([verb, "--config", str(path), *quick],
+                                                    fuzz_root, f"{command}: {kind} recipe")
+        foreign = kind in ("utf-16", "latin-1") or b"\x00" in content
+        if status and foreign:
+            assert str(path) in line, f"{command}: the error does not name the recipe: {line}"
 
     check()

@@ -156,7 +156,8 @@ def tiny_run(folder: Path, learning_rate: float) -> tuple[Path, list[dict]]:
                  "--data.num_proc=null", "--data.validation_documents=60",
                  "--model.config=" + json.dumps(model), f"--model.learning_rate={learning_rate}",
                  "--trainer.max_steps=100", "--trainer.val_check_interval=50",
-                 "--trainer.accumulate_grad_batches=1", "--trainer.devices=1",
+                 "--trainer.accumulate_grad_batches=1", "--global_batch_size=null",
+                 "--trainer.devices=1",
                  "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=10",
                  "--trainer.enable_progress_bar=false",
                  "--trainer.enable_model_summary=false"]) == 0

@@ -44,7 +44,7 @@ def common(corpus: Path, start: Path) -> list[str]:
             "--data.validation_documents=8", "--trainer.devices=1", "--trainer.accelerator=cpu",
             "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
-            "--trainer.accumulate_grad_batches=1",
+            "--trainer.accumulate_grad_batches=1", "--global_batch_size=null",
             "--trainer.callbacks+=" + json.dumps(callback)]
 
 

@@ -261,6 +261,11 @@ def test_pretraining_recipe_runs_with_tiny_overrides(recipe_path, tmp_path, corp
             "--trainer.val_check_interval", "1", "--trainer.enable_progress_bar", "false"]
     if loaded["data"].get("tokenizer"):
         args += ["--data.tokenizer", "null"]
+    if loaded.get("global_batch_size"):  # one batch of 4 per step, not 256 sequences
+        args += ["--global_batch_size", "null"]
+    if loaded["model"].get("warmup", 0) >= 1:  # in steps: the same share of the one-step run
+        share = loaded["model"]["warmup"] / loaded["trainer"]["max_steps"]
+        args += ["--model.warmup", str(share)]
     assert main(args) == 0
     assert list(tmp_path.glob("runs/pretrain/version_0/checkpoints/last.ckpt"))
 
@@ -271,7 +276,8 @@ def test_demo_runs_the_tiny_recipe_and_exports(tmp_path, corpus, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert demo(["--data.train_files", str(corpus), "--data.tokenizer_vocab_size", "200",
                  "--model.config", json.dumps(TINY_MODEL), "--data.max_seq_length", "48",
-                 "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                 "--trainer.max_steps", "2", "--model.warmup", "1",
+                 "--trainer.val_check_interval", "2",
                  "--trainer.enable_progress_bar", "false"]) == 0
     out = capsys.readouterr().out
     assert "mlm_accuracy" in out and "nsp_accuracy" in out and "mlm baseline" in out

@@ -456,7 +456,13 @@ def run_overrides(recipe: Path, config: dict, backbone: Path) -> list[str]:
     for key in ("num_workers", "num_proc"):
         if key in data:
             overrides.append(f"--data.{key}={0 if key == 'num_workers' else 'null'}")
+    if "global_batch_size" in config:  # BERT's 256 sequences: one batch of 4 per step here
+        overrides.append("--global_batch_size=null")
     if command_of(recipe) == "pretrain":
+        warmup = model.get("warmup")
+        if isinstance(warmup, (int, float)) and warmup >= 1:
+            # A warm-up in steps longer than the one-step run is refused: the same share of it.
+            overrides.append(f"--model.warmup={warmup / config['trainer']['max_steps']}")
         return overrides + ["--trainer.max_steps=1", "--trainer.val_check_interval=1",
                             "--trainer.check_val_every_n_epoch=null",
                             "--data.validation_documents=2", "--data.max_seq_length=64",

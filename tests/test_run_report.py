@@ -102,8 +102,123 @@ def test_noise_filters_name_exact_messages():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
         warnings.warn("data.max_length is deprecated", UserWarning)
         warnings.warn("'set_vital' is deprecated, please do not call", DeprecationWarning)
-    assert [str(w.message) for w in shown] == ["data.max_length is deprecated",
-                                               "'set_vital' is deprecated, please do not call"]
+        warnings.warn("Checkpoint directory runs/x/version_0/checkpoints exists and is not "
+                      "empty.", UserWarning)
+        warnings.warn("Checkpoint directory runs/x exists and is not empty. Really", UserWarning)
+    assert [str(w.message) for w in shown] == [
+        "data.max_length is deprecated", "'set_vital' is deprecated, please do not call",
+        "Checkpoint directory runs/x exists and is not empty. Really"]
+
+
+def test_lightning_log_lines_go_through_a_live_progress_bar(monkeypatch):
+    """A Lightning log line written while the Rich bar is live ("`Trainer.fit` stopped:
+    `max_steps=30` reached.") goes through Rich, which prints it above the bar. Lightning's
+    handler wrote it to the stderr of the moment Lightning was imported, past Rich: in a
+    terminal the line landed after the bar's text and the bar, redrawn below it, showed twice
+    (docs/terminal.md)."""
+    import io
+    import logging
+    import sys
+
+    from rich.console import Console
+    from rich.progress import Progress
+    before_rich = io.StringIO()  # the stderr Lightning's handler took when it was imported
+    logger = logging.getLogger("lightning.pytorch")
+    monkeypatch.setattr(logger, "handlers", [logging.StreamHandler(before_rich)])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(sys, "stderr", before_rich)
+    quiet_dependency_noise()
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, force_interactive=True, width=100)
+    with Progress(console=console, auto_refresh=False) as progress:
+        epoch = progress.add_task("Epoch 0/0", total=125)
+        progress.update(epoch, completed=30)
+        progress.refresh()
+        logging.getLogger("lightning.pytorch.loops.fit_loop").info(
+            "`Trainer.fit` stopped: `max_steps=30` reached.")
+        progress.refresh()
+    assert "`Trainer.fit` stopped: `max_steps=30` reached." in screen.getvalue()
+    assert before_rich.getvalue() == ""
+    # and without a bar, the line is on stderr as before
+    logging.getLogger("lightning.pytorch.loops.fit_loop").info("Restoring states")
+    assert before_rich.getvalue() == "Restoring states\n"
+
+
+def test_in_a_log_the_bar_is_one_line(tiny_backbone_dir, tmp_path, monkeypatch):
+    """stdout not a terminal (CI, `| tee run.log`): the bar is printed once, when it ends, on
+    one line with its metrics (at Rich's width for a file, 80 columns, they took three)."""
+    import contextlib
+    import io
+
+    from bertzoo.tasks.classification import example_data
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    files = example_data(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+                     f"--data.train_file={files['train_file']}",
+                     f"--data.validation_file={files['validation_file']}",
+                     "--data.batch_size=4", "--trainer.max_steps=2",
+                     "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1",
+                     "--trainer.num_sanity_val_steps=0"]) == 0
+    bars = [line for line in out.getvalue().splitlines() if line.startswith("Epoch 0/")]
+    assert len(bars) == 1, out.getvalue()
+    assert re.search(r" 2/\d+ .* loss: [\d.]+ accuracy: [\d.]+ tokens/s: [\d,]+ *$", bars[0]), \
+        bars[0]
+
+
+def test_a_resumed_run_reads_its_checkpoint_with_weights_only(tiny_backbone_dir, tmp_path,
+                                                              monkeypatch):
+    """`--ckpt_path` resumes through bertzoo's checkpoint reader (`torch.load` with
+    `weights_only=True`), and neither saving nor resuming makes Lightning log "`weights_only`
+    was not set, defaulting to `False`" (it did at every save, once)."""
+    import logging
+
+    import torch
+
+    from bertzoo.tasks.classification import example_data
+    monkeypatch.chdir(tmp_path)
+    files = example_data(tmp_path)
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    collector = Collect()
+    logging.getLogger("lightning.pytorch").addHandler(collector)
+    loads: list[object] = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    args = ["fit", "--task", "classification", f"--model.backbone={tiny_backbone_dir}",
+            f"--data.train_file={files['train_file']}",
+            f"--data.validation_file={files['validation_file']}", "--data.batch_size=4",
+            "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+    try:
+        assert main([*args, "--trainer.max_steps=1"]) == 0
+        monkeypatch.setattr(torch, "load", load)
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert main([*args, "--trainer.max_steps=2", "--ckpt_path=last"]) == 0
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(collector)
+    # the run resumes in its own folder on purpose: Lightning's note that the checkpoint
+    # folder is not empty is not shown
+    assert not [w for w in shown if "exists and is not empty" in str(w.message)], \
+        [str(w.message) for w in shown]
+    assert any(m.startswith("Restoring states from the checkpoint path at") for m in seen)
+    assert not [m for m in seen if "weights_only" in m], seen
+    assert loads and all(weights_only is True for weights_only in loads), loads
+    resumed = real_load(tmp_path / "runs/classification/version_0/checkpoints/last.ckpt",
+                        weights_only=True)
+    assert resumed["global_step"] == 2
 
 
 def test_summary_reads_best_and_final_from_metrics_csv(tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 
 from bertzoo.config import ConfigError
 from bertzoo.files import CKPT_KEY, CheckpointError
+from bertzoo.training.checks import check_warmup_fits
 from bertzoo.training.checkpoint_io import refuse_another_modules_checkpoint
 from bertzoo.training.optim import (OptimizerName, SchedulerName, build_optimizer,
                                     build_scheduler, check_optimizer, check_scheduler,
@@ -186,6 +187,7 @@ class BertModule(L.LightningModule):
             raise ConfigError("cannot schedule the learning rate: set trainer.max_steps or "
                               "trainer.max_epochs")
         total = int(total)
+        check_warmup_fits(self.warmup, self.scheduler_name, total, self.trainer)
         scheduler = build_scheduler(optimizer, self.scheduler_name, self.warmup, total,
                                     self.decay_fraction)
         return {"optimizer": optimizer,

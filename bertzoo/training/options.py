@@ -13,9 +13,13 @@ hold in Python too call `check_range`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import re
+import types
+import typing
+from collections.abc import Mapping
 
 from jsonargparse.typing import register_type
 
@@ -90,6 +94,8 @@ DropoutRate = _range("float in [0, 1)", float, 0, 1, high_open=True)
 Fraction = _range("float in (0, 1]", float, 0, 1, low_open=True)
 # The shortest input worth a model's time: [CLS] A [SEP] B [SEP] with one token on each side.
 SequenceLength = _range("int >= 5", int, 5, INT_MAX)
+# A port a server may listen on without privileges (LitServe refuses the rest).
+Port = _range("int in [1024, 65535]", int, 1024, 65535)
 
 
 def check_range(key: str, value, kind: type) -> None:
@@ -101,6 +107,69 @@ def check_range(key: str, value, kind: type) -> None:
         kind.range.parse(value)
     except ValueError:
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}") from None
+
+
+def option_types(cls) -> dict[str, typing.Any]:
+    """{argument: type annotation} of `cls(...)`, following `**kwargs` up to the base classes'
+    __init__ as the parser does (inspect.Parameter.empty where there is none)."""
+    found: dict[str, typing.Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except (NameError, TypeError):  # an annotation that does not resolve: the parser's
+            hints = {}
+        parameters = inspect.signature(init).parameters.values()
+        for p in parameters:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                found.setdefault(p.name, hints.get(p.name, inspect.Parameter.empty))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return found
+
+
+def accepts_none(annotation) -> bool:
+    if annotation in (None, type(None), typing.Any, inspect.Parameter.empty):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(accepts_none(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def describe_type(annotation) -> str:
+    """'float >= 0' for a range type, 'int' for a builtin, the annotation's text otherwise."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return re.sub(r"\b(?:typing|[a-z_]+(?:\.[a-z_]+)*)\.(?=[A-Za-z])", "", str(annotation))
+
+
+def refuse_null_values(section: str, cls, values: Mapping) -> None:
+    """A recipe's `key: null` (or an empty `key:`) for an option of `cls` whose type has no
+    null. The parser does not check a null from a config file (it stands for "not set" there)
+    and passes it on: the module met it as a TypeError in arithmetic, a traceback."""
+    annotations = option_types(cls)
+    for key, value in values.items():
+        if value is None and key in annotations and not accepts_none(annotations[key]):
+            raise ConfigError(f"{section}.{key}: expected {describe_type(annotations[key])}, got "
+                              f"null (an empty value in the recipe); give a value, or leave "
+                              f"the key out for its default")
+
+
+def argparse_type(kind: type):
+    """`kind` as an argparse `type=`: the plain number, or argparse's own error naming the
+    option, the range and the value (`argument --workers: expected int >= 1, got '0'`)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            return kind.range.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def one_line_parser_error(message: str) -> str:

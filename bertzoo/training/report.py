@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -24,13 +25,15 @@ from lightning.pytorch.callbacks import (Callback, ModelSummary, RichProgressBar
 
 from bertzoo.training.callbacks import LastCheckpoint
 
-# (category, exact start of the message) of warnings the user cannot act on: a dependency's
-# deprecation inside another dependency.
+# (category, pattern of the message from its start) of warnings the user cannot act on: a
+# dependency's deprecation inside another dependency, or a note on what bertzoo does on purpose.
 NOISY_WARNINGS = (
     # torchdata's StatefulDataLoader calls torch.set_vital, which torch deprecates.
-    (UserWarning, "'set_vital' is deprecated, please do not call"),
+    (UserWarning, re.escape("'set_vital' is deprecated, please do not call")),
     # Lightning's _pytree still builds torch's LeafSpec.
-    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+    (FutureWarning, re.escape("`isinstance(treespec, LeafSpec)` is deprecated")),
+    # `--ckpt_path last` resumes a run in its own folder, next to the checkpoints it wrote.
+    (UserWarning, r"Checkpoint directory .+ exists and is not empty\.$"),
 )
 # Start of Lightning log lines advertising its cloud products.
 NOISY_LOG_LINES = ("💡 Tip: For seamless cloud",
@@ -45,13 +48,42 @@ class _DropAdvertisements(logging.Filter):
         return not str(record.msg).startswith(NOISY_LOG_LINES)
 
 
+class CurrentStderr:
+    """A stream that writes to `sys.stderr` as it is at each write. Lightning's log handler
+    keeps the `sys.stderr` of the moment Lightning was imported; while a Rich progress bar is
+    live, Rich puts a proxy in `sys.stderr` that prints a line above the bar. A log line (such
+    as "`Trainer.fit` stopped: `max_steps=30` reached.") written past that proxy lands after
+    the bar's text, and the bar, redrawn below it, shows twice on the screen."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+# Loggers that Lightning gives a handler of its own (when the root logger has none).
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
 def quiet_dependency_noise() -> None:
-    """Hide the warnings and log lines above (and only those)."""
-    for category, message in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    """Hide the warnings and log lines above (and only those), and send Lightning's log lines
+    through `sys.stderr` as it is when they are written (`CurrentStderr`)."""
+    for category, pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
     logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
         logger.addFilter(_DropAdvertisements())
+    for name in LIGHTNING_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            # (a handler a user configured on stdout, or a file, is theirs: left alone)
+            if type(handler) is logging.StreamHandler and not isinstance(
+                    handler.stream, CurrentStderr) and handler.stream not in (sys.stdout,
+                                                                              sys.__stdout__):
+                try:
+                    handler.setStream(CurrentStderr())
+                except ValueError:  # the old stream was closed (flushing it failed)
+                    handler.stream = CurrentStderr()
 
 
 # ------------------------------------------------------------------------------ the bar
@@ -112,12 +144,19 @@ class ReadableTQDMProgressBar(TQDMProgressBar):
         return bar_metrics(trainer, _monitor(trainer))
 
 
+# Columns of the bar in a log (stdout not a terminal): Rich's width for a file, 80, puts each
+# of the bar's metrics on a line of its own.
+LOG_WIDTH = 120
+
+
 def progress_bar(leave: bool = True):
     try:
         import rich  # noqa: F401
     except ImportError:
         return ReadableTQDMProgressBar(leave=leave)
-    return ReadableRichProgressBar(leave=leave)
+    in_a_log = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return ReadableRichProgressBar(leave=leave,
+                                   console_kwargs={"width": LOG_WIDTH} if in_a_log else None)
 
 
 class OneLineModelSummary(ModelSummary):
