@@ -75,9 +75,9 @@ TASK_RECORD = "bertzoo.json"
 TASK_HEAD = "task_head.safetensors"
 #: Data module arguments that say where data is or how a run loads it, not how the model reads
 #: a row: not recorded (keys starting with a split name, `train_file`, are left out too).
-RUN_ONLY_DATA = frozenset({"dataset", "dataset_config", "tokenizer", "batch_size",
-                           "eval_batch_size", "num_workers", "num_proc", "max_train_samples",
-                           "seed"})
+RUN_ONLY_DATA = frozenset({"dataset", "dataset_config", "dataset_revision", "tokenizer",
+                           "batch_size", "eval_batch_size", "num_workers", "num_proc",
+                           "max_train_samples", "seed"})
 SPLIT_PREFIXES = ("train_", "validation_", "test_", "predict_")
 
 

@@ -377,7 +377,7 @@ class FakeHub:
     way datasets >= 4 does unless its parquet export is asked for."""
 
     def __init__(self, split_names, load_dataset):
-        self.calls: list[tuple[str, str | None, str | None]] = []
+        self.calls: list[tuple[str, str | None, str | None, str | None]] = []
         self.real = {"split_names": split_names, "load_dataset": load_dataset}
 
     @staticmethod
@@ -405,7 +405,7 @@ class FakeHub:
                                              streaming=streaming, **kwargs)
         layout = self.layout(path, name, revision)
         assert split in layout.splits, f"{path} has no split {split!r}"
-        self.calls.append((path, name, split))
+        self.calls.append((path, name, split, revision))
         rows = layout.rows(split, 16)
         if split in layout.unlabelled:
             rows = [{**row, "label": -1} for row in rows]
@@ -440,6 +440,11 @@ def test_recipes_with_public_data_name_it_by_hub_id():
         assert (data["dataset"], data.get("dataset_config")) in HUB, \
             f"{recipe}: {data['dataset']} / {data.get('dataset_config')} has no known layout"
         assert local_override(recipe), f"{recipe}: no `{LOCAL_MARKER}` override in its header"
+        if HUB[(data["dataset"], data.get("dataset_config"))].script:
+            # datasets >= 4 refuses the script; whatever datasets is installed, ask for the export
+            assert data.get("dataset_revision") == PARQUET_EXPORT, \
+                f"{recipe}: {data['dataset']} is a loading script; read its Parquet export " \
+                f"(data.dataset_revision: {PARQUET_EXPORT})"
 
 
 def run_overrides(recipe: Path, config: dict, backbone: Path) -> list[str]:
@@ -482,19 +487,7 @@ def finished_run(tmp_path: Path, recipe: Path, config: dict) -> dict:
     return saved
 
 
-def _hub_case(recipe: Path):
-    data = section(load(recipe), "data")
-    layout = HUB.get((data["dataset"], data.get("dataset_config")))
-    if layout is not None and layout.script and SCRIPTS_REFUSED:
-        reason = (f"{data['dataset']} is a loading-script repository, which datasets >= 4 "
-                  f"refuses; its data is on revision {PARQUET_EXPORT}, which the data module "
-                  f"cannot ask for (no data.dataset_revision option)")
-        return pytest.param(recipe, marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                                            reason=reason))
-    return recipe
-
-
-@pytest.mark.parametrize("recipe", [_hub_case(r) for r in HUB_RECIPES], ids=HUB_IDS)
+@pytest.mark.parametrize("recipe", HUB_RECIPES, ids=HUB_IDS)
 def test_recipe_reads_its_hub_dataset_as_written(recipe, fake_hub, tiny_backbone_dir, tmp_path,
                                                  monkeypatch):
     """The recipe's own data section (hub id, config, columns) through its data module, on
@@ -506,9 +499,9 @@ def test_recipe_reads_its_hub_dataset_as_written(recipe, fake_hub, tiny_backbone
             *run_overrides(recipe, config, tiny_backbone_dir)]
     assert main(args) == 0
     finished_run(tmp_path, recipe, config)
-    asked = {(path, name) for path, name, _ in fake_hub.calls}
-    assert asked == {(data["dataset"], data.get("dataset_config"))}
-    splits = {split for _, _, split in fake_hub.calls}
+    asked = {(path, name, revision) for path, name, _, revision in fake_hub.calls}
+    assert asked == {(data["dataset"], data.get("dataset_config"), data.get("dataset_revision"))}
+    splits = {split for _, _, split, _ in fake_hub.calls}
     if command_of(recipe) == "pretrain":
         assert splits == {data["dataset_split"]}
         return

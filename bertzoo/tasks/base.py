@@ -246,6 +246,9 @@ class TaskDataModule(BertDataModule):
         predict_file: Rows to predict (labels not needed).
         dataset: A Hugging Face dataset name (or a local dataset folder) instead of files.
         dataset_config: The dataset's configuration name, if it has several.
+        dataset_revision: The dataset's branch, tag or commit on the Hub (`revision` of
+            `datasets.load_dataset`), e.g. `refs/convert/parquet`, where the Hub keeps the
+            Parquet export of a repository that is still a loading script.
         tokenizer: Tokenizer folder or `.ckpt`; defaults to `model.backbone` (or `--ckpt_path`).
         max_length: Longest tokenized input; longer inputs are truncated (or windowed, by
             tasks that support it).
@@ -267,6 +270,7 @@ class TaskDataModule(BertDataModule):
     def __init__(self, train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None,
                  dataset: str | None = None, dataset_config: str | None = None,
+                 dataset_revision: str | None = None,
                  tokenizer: str | None = None, max_length: SequenceLength = 128,
                  batch_size: PositiveInt = 32, eval_batch_size: PositiveInt | None = None,
                  group_by_length: bool = True, pad_to_multiple_of: PositiveInt | None = None,
@@ -278,6 +282,7 @@ class TaskDataModule(BertDataModule):
                       "predict": predict_file}
         self.dataset_name = dataset
         self.dataset_config = dataset_config
+        self.dataset_revision = dataset_revision
         self.max_length = max_length
         self.group_by_length = group_by_length
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -307,7 +312,8 @@ class TaskDataModule(BertDataModule):
 
     def _hf_split(self, split: str) -> str | None:
         import datasets
-        names = datasets.get_dataset_split_names(self.dataset_name, self.dataset_config)
+        names = datasets.get_dataset_split_names(self.dataset_name, self.dataset_config,
+                                                 revision=self.dataset_revision)
         for candidate in {"train": ("train",), "validation": ("validation", "dev", "valid"),
                           "test": ("test",), "predict": ("test",)}[split]:
             if candidate in names:
@@ -329,7 +335,8 @@ class TaskDataModule(BertDataModule):
             hf_split = self._hf_split(split)
             if hf_split is None:
                 raise DataError(f"dataset {self.dataset_name} has no {split} split")
-            dataset = datasets.load_dataset(self.dataset_name, self.dataset_config, split=hf_split)
+            dataset = datasets.load_dataset(self.dataset_name, self.dataset_config, split=hf_split,
+                                            revision=self.dataset_revision)
         else:
             raise DataError(f"no {split} data: set data.{split}_file or data.dataset")
         dataset = self.select_rows(dataset, split)
