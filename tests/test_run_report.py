@@ -245,3 +245,33 @@ def test_summary_reads_best_and_final_from_metrics_csv(tmp_path):
                f"checkpoint's, {mode})" in text.splitlines()
         assert "  val/loss      final 0.6500" in text.splitlines()
         assert f"  best checkpoint  {run / 'checkpoints/best-4.ckpt'}" in text.splitlines()
+
+
+def test_the_terminal_page_shows_what_a_run_prints_now():
+    """docs/terminal.md's captures of today's output (in a terminal, in a log, resumed): one
+    bar, no dependency noise, and a summary in the format RunSummary prints; the older
+    release's capture, labelled as such, shows what changed. Recapture when the output
+    changes."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "terminal.md").read_text()
+    sections = dict(re.findall(r"\n## ([^\n]+)\n(.*?)(?=\n## |\Z)", page, flags=re.S))
+    assert list(sections) == ["In a terminal", "In a log", "Resuming",
+                              "What an older release showed"]
+    for name in ("In a terminal", "In a log", "Resuming"):
+        capture = re.search(r"```text\n(.*?)```", sections[name], flags=re.S).group(1)
+        lines = capture.splitlines()
+        assert lines[0].startswith("$ bertzoo fit --config recipes/classification/sst2.yaml")
+        assert lines[2] == "bertzoo fit: run folder runs/classification/version_0", name
+        assert len([line for line in lines if line.startswith("Epoch ")]) == 1, name
+        assert not [noise for noise in NOISE if noise in capture], name
+        assert "weights_only" not in capture and "exists and is not empty" not in capture
+        steps = 30 if name == "Resuming" else 20
+        assert re.search(rf"^bertzoo fit: finished in [\dms ]+: {steps} steps, 1 epoch\(s\); "
+                         rf"run folder runs/classification/version_0$", capture, flags=re.M)
+        assert re.search(r"^  val/accuracy  best [\d.]+, final [\d.]+  \(\d validations; the "
+                         r"best checkpoint's, max\)$", capture, flags=re.M), name
+        assert re.search(r"^  best checkpoint  runs/classification/version_0/checkpoints/"
+                         r"best-\d+\.ckpt$", capture, flags=re.M), name
+        assert [line.split()[1] for line in capture.split("\nnext:\n")[1].splitlines()
+                if line.startswith("  bertzoo ")] == ["test", "predict", "export", "serve"]
+    before = sections["What an older release showed"]
+    assert "older release" in before and "v_num" in before and "Total FLOPs: 0" in before
