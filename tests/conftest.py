@@ -16,12 +16,10 @@ if "HF_DATASETS_CACHE" not in os.environ:
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bertzoo-test-datasets-")
     atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
-import itertools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,32 +43,6 @@ def _fork_with_one_thread() -> None:
 
 
 _fork_with_one_thread()
-
-
-def forkserver_ddp():
-    """A 2-process DDP strategy whose processes come from a fresh fork server, for runs that
-    read a streamed corpus. A plain fork copies this pytest process with whatever threads
-    earlier tests left running (Arrow's readers among them); a forked rank that then forks its
-    own DataLoader worker died of SIGSEGV once in a full-suite run. The server imports torch,
-    Lightning, datasets and bertzoo once, single-threaded, and forks each rank from there."""
-    import multiprocessing
-
-    multiprocessing.set_forkserver_preload(["torch", "lightning", "datasets",
-                                            "bertzoo.pretraining"])
-    return _ForkserverDDP(start_method="forkserver")
-
-
-class _ForkserverDDP(DDPStrategy):
-    """The ranks receive the model pickled, and torch.multiprocessing pickles CPU tensors as
-    shared memory: every rank would update the same weights in place, a race (seen here as
-    two identical runs ending with different weights). Lightning gives each rank its own copy
-    only for start_method "spawn"; this does the same for "forkserver"."""
-
-    def setup(self, trainer) -> None:
-        with torch.no_grad():
-            for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
-                tensor.data = tensor.data.clone()
-        super().setup(trainer)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from bertzoo.pretraining import PretrainingDataModule
 from bertzoo.testing import documents as synthetic_documents
 from bertzoo.testing import write_bert_corpus
 from bertzoo.testing import tiny_backbone, write_parquet_corpus
-from conftest import forkserver_ddp
+from ddp_processes import forkserver_ddp
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 30

@@ -25,7 +25,7 @@ import bertzoo.pretraining.datamodule as datamodule_module
 from bertzoo.cli import main
 from bertzoo.pretraining import CorpusError, PretrainingDataModule
 from bertzoo.testing import tiny_backbone, write_parquet_corpus
-from conftest import forkserver_ddp
+from ddp_processes import forkserver_ddp
 
 SHARDS = 4
 DOCUMENTS_PER_SHARD = 4  # a pass is 5-10 batches of 4 rows: a run of 24 makes 2-3 passes
