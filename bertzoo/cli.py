@@ -536,10 +536,11 @@ def export_onnx_command(ns) -> int:
 def cmd_serve(args: list[str]) -> int:
     """bertzoo serve PATH: a trained task model behind HTTP (POST /predict, GET /health)."""
     import argparse
+
+    from bertzoo.training.options import NonNegativeFloat, Port, PositiveInt, argparse_type
     parser = argparse.ArgumentParser(prog="bertzoo serve", description=cmd_serve.__doc__)
     parser.add_argument("path", help="a task .ckpt, a run folder, or a `bertzoo export` folder "
                                      "(Hugging Face or ONNX) of a task model")
-    from bertzoo.training.options import NonNegativeFloat, Port, PositiveInt, argparse_type
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=argparse_type(Port), default=8000,
                         help="port to listen on (int in [1024, 65535])")
@@ -584,9 +585,9 @@ def _config_paths(args: list[str]) -> list[tuple[int, Path]]:
 
 
 def _read_yaml(path: Path) -> dict:
-    """A --config file's top-level mapping. A file that is empty, not UTF-8
-    text, not YAML or not a mapping is refused naming the file (and the line): the parser's
-    own errors name neither, or end in a traceback."""
+    """A --config file's top-level mapping. A file that is empty, not UTF-8 text, not YAML or
+    not a mapping is refused naming the file (and the line): the parser's own errors name
+    neither, or end in a traceback."""
     import yaml
 
     from bertzoo.files import check_text_file
