@@ -190,7 +190,8 @@ def test_bad_input_is_a_message_not_a_traceback(tiny_backbone_dir, tmp_path, mon
         main(args)
 
 
-def test_unknown_recipe_key_is_rejected_by_the_parser(tmp_path, capsys):
+def test_unknown_recipe_key_is_rejected_by_the_parser(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the run's folder is claimed (and given back) under ./runs
     recipe = write_yaml(tmp_path / "r.yaml", {"task": "classification",
                                               "data": {"text_colum": "sentence"}})
     with pytest.raises(SystemExit) as exit_:
