@@ -3,6 +3,7 @@ same architecture fine-tuned from random initialisation with the same budget.
 
     1. `bertzoo pretrain --config recipes/pretrain/transfer.yaml` on local text (`--corpus`):
        wikitext  WikiText-2's valid and test files (the recipe's local-files override, both files),
+       embedded  the embedded corpus (English text that ships with Python, as `make demo`),
        sst2      the SST-2 training sentences without their labels (text of the task's own domain;
                  the dev sentences are never read),
        for `--pretrain-steps` steps (the recipe's 2,000 unless given) at the recipe's peak rate
@@ -16,7 +17,7 @@ same architecture fine-tuned from random initialisation with the same budget.
     3. `bertzoo plot` on every fine-tuning run, and one PNG with the val/accuracy curves of each
        pair side by side (`--png`).
 
-    python docs/quality/transfer.py [--corpus wikitext|sst2] [--pretrain-steps N] [--mlm-only]
+    python docs/quality/transfer.py [--corpus wikitext|sst2|embedded] [--pretrain-steps N] [--mlm-only]
         [--pretrain-lr LR] [--lr LR] [--labels 4000,500] [--data ../shared/data]
         [--out runs/transfer] [--png FILE]
 
@@ -79,6 +80,8 @@ def epochs(labels: int, rows_seen: int = ROWS_SEEN) -> int:
 
 
 def corpus_overrides(corpus: str, data: Path, work: Path) -> list[str]:
+    if corpus == "embedded":  # neither files nor a dataset: the text that ships with Python
+        return ["--data.dataset", "null", "--data.dataset_config", "null"]
     if corpus == "wikitext":
         files = [str(data / "wikitext-2" / name) for name in ("wiki.valid.tokens",
                                                               "wiki.test.tokens")]
@@ -123,9 +126,12 @@ def name(args) -> str:
     return f"{args.corpus}-{args.pretrain_steps}{'-mlm' if args.mlm_only else ''}{lr}"
 
 
+def fine_tuning_name(args) -> str:
+    return f"-ft{args.lr:g}" if args.lr != FINE_TUNING_LR else ""
+
+
 def fine_tune(args, work: Path, repo: Path, checkpoint: Path, labels: int, init: str) -> dict:
-    lr = f"-ft{args.lr:g}" if args.lr != FINE_TUNING_LR else ""
-    folder = work / f"sst2-{name(args)}-{labels}{lr}-{init}"
+    folder = work / f"sst2-{name(args)}-{labels}{fine_tuning_name(args)}-{init}"
     folder.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).resolve()
     model = (["--model.config", "null", "--model.backbone", str(checkpoint)]
@@ -170,7 +176,7 @@ def overlay(results: list[dict], title: str, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", choices=("wikitext", "sst2"), default="wikitext")
+    parser.add_argument("--corpus", choices=("wikitext", "sst2", "embedded"), default="wikitext")
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="default: the recipe's trainer.max_steps")
     parser.add_argument("--pretrain-lr", type=float, default=None,
@@ -217,10 +223,11 @@ def main() -> None:
             with open(work / "results.jsonl", "a") as f:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
-    png = Path(args.png) if args.png else work / f"transfer-{name(args)}.png"
+    png = (Path(args.png) if args.png
+           else work / f"transfer-{name(args)}{fine_tuning_name(args)}.png")
     overlay(results, f"tiny BERT (2 x 128), pretrained on {args.corpus} "
                      f"({args.pretrain_steps:,} steps{', MLM only' if args.mlm_only else ''}) "
-                     f"or random", png)
+                     f"or random; fine-tuning lr {args.lr:g}", png)
     print(f"\npretraining: {checkpoint} ({pretrain_seconds:.0f} s; last val/mlm_loss "
           f"{pretrain_loss[-1][1] if pretrain_loss else '-'}, val/mlm_accuracy "
           f"{pretrain_accuracy[-1][1] if pretrain_accuracy else '-'})")
