@@ -161,6 +161,15 @@ def assert_no_run(folder: Path) -> None:
     assert not runs.exists() or not list(runs.glob("*/version_*")), "a run folder was left"
 
 
+def refusal(args: list[str], capsys, folder: Path) -> str:
+    """The one error line of a command that must be refused before any run starts in
+    `folder` (exit status 1, no run folder left)."""
+    status, _, err = run(args, capsys)
+    assert status == 1
+    assert_no_run(folder)
+    return err.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def task_data(tmp_path_factory) -> dict[str, dict]:
     from bertzoo.tasks.classification import example_data as classification
@@ -177,30 +186,24 @@ def test_task_length_longer_than_the_positions(task_data, tiny_backbone_dir, tmp
                                                monkeypatch, capsys):
     """Checked when the model and the data module are built, before the data is read."""
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}", "--data.max_length=512",
-                          "--data.labels=[negative, positive]",
-                          "--data.train_file=never-read.tsv", *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}", "--data.max_length=512",
+                    "--data.labels=[negative, positive]",
+                    "--data.train_file=never-read.tsv", *QUIET], capsys, tmp_path) == (
         "bertzoo fit: error: data.max_length (512) exceeds the model's max_position_embeddings "
         "(128); lower it or build the model with more positions")
-    assert_no_run(tmp_path)
 
 
 def test_pair_column_that_is_the_text_column(task_data, tiny_backbone_dir, tmp_path,
                                              monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}",
-                          "--data.text_pair_column=sentence",
-                          f"--data.train_file={task_data['classification']['train_file']}",
-                          *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}",
+                    "--data.text_pair_column=sentence",
+                    f"--data.train_file={task_data['classification']['train_file']}",
+                    *QUIET], capsys, tmp_path) == (
         "bertzoo fit: error: data.text_pair_column is data.text_column ('sentence'): a pair "
         "needs two columns (or set text_pair_column to null for single texts)")
-    assert_no_run(tmp_path)
 
 
 def test_warmup_longer_than_max_steps_is_refused_before_data_is_read(tiny_backbone_dir,
@@ -209,16 +212,13 @@ def test_warmup_longer_than_max_steps_is_refused_before_data_is_read(tiny_backbo
     """A warm-up in steps longer than trainer.max_steps: the rate would never reach
     model.learning_rate. Refused when the Trainer is built (the training file is never read)."""
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}", "--model.warmup=300",
-                          "--data.labels=[negative, positive]",
-                          "--data.train_file=never-read.tsv", *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}", "--model.warmup=300",
+                    "--data.labels=[negative, positive]",
+                    "--data.train_file=never-read.tsv", *QUIET], capsys, tmp_path) == (
         "bertzoo fit: error: model.warmup (300 steps) is longer than the run "
         "(trainer.max_steps=1): the learning rate would never reach model.learning_rate; give "
         "model.warmup as a fraction of the run (e.g. 0.1), lower it, or train longer")
-    assert_no_run(tmp_path)
 
 
 def test_warmup_longer_than_the_epochs_refused_before_a_step(tiny_backbone_dir, tmp_path,
@@ -237,15 +237,12 @@ def test_warmup_longer_than_the_epochs_refused_before_a_step(tiny_backbone_dir, 
               "--trainer.max_steps=-1", "--trainer.limit_val_batches=0",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     total = 2 * steps_per_epoch
-    status, _, err = run(["fit", *epochs, f"--model.warmup={total + 1}"], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", *epochs, f"--model.warmup={total + 1}"], capsys, tmp_path) == (
         f"bertzoo fit: error: model.warmup ({total + 1} steps) is longer than the run ({total} "
         f"optimizer steps: trainer.max_epochs=2 x {steps_per_epoch} steps per epoch of the "
         f"training data, each of trainer.accumulate_grad_batches=2 batches): the learning rate "
         f"would never reach model.learning_rate; give model.warmup as a fraction of the run "
         f"(e.g. 0.1), lower it, or train longer")
-    assert_no_run(tmp_path)
     for fits in (f"--model.warmup={total}", "--model.warmup=0.5"):
         status, _, err = run(["fit", *epochs, fits], capsys)
         assert status == 0, err
@@ -325,13 +322,11 @@ def test_global_batch_size_derives_the_accumulation(tiny_backbone_dir, tmp_path,
 def test_global_batch_that_does_not_divide_is_refused(
         extra, message, tiny_backbone_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}", "--data.batch_size=4",
-                          "--data.labels=[negative, positive]",
-                          "--data.train_file=never-read.tsv", *extra, *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == f"bertzoo fit: error: {message}"
-    assert_no_run(tmp_path)
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}", "--data.batch_size=4",
+                    "--data.labels=[negative, positive]",
+                    "--data.train_file=never-read.tsv", *extra, *QUIET], capsys, tmp_path) == (
+        f"bertzoo fit: error: {message}")
 
 
 def test_a_recipes_accumulation_contradicting_its_global_batch(tiny_backbone_dir, tmp_path,
@@ -542,28 +537,22 @@ def test_damaged_tokenizer_and_config_files_are_named(task_data, tiny_backbone_d
     shutil.copy(tiny_backbone_dir / "tokenizer.json", backbone / "tokenizer.json")
     (backbone / "config.json").write_bytes(
         (tiny_backbone_dir / "config.json").read_text().encode("utf-16"))
-    status, _, err = run(["fit", "--task", "classification", f"--model.backbone={backbone}",
-                          train, *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification", f"--model.backbone={backbone}",
+                    train, *QUIET], capsys, tmp_path) == (
         f"bertzoo fit: error: {backbone}/config.json is not UTF-8 JSON text (byte 0: invalid "
         f"start byte); is it a config.json?")
-    assert_no_run(tmp_path)
 
 
 def test_a_trainer_setting_lightning_refuses(task_data, tiny_backbone_dir, tmp_path,
                                              monkeypatch, capsys):
     """Lightning's own refusal (MisconfigurationException), as one line naming the trainer."""
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}", "--trainer.strategy=deepspeed",
-                          f"--data.train_file={task_data['classification']['train_file']}",
-                          *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}", "--trainer.strategy=deepspeed",
+                    f"--data.train_file={task_data['classification']['train_file']}",
+                    *QUIET], capsys, tmp_path) == (
         "bertzoo fit: error: trainer: To use the `DeepSpeedStrategy`, you must have DeepSpeed "
         "installed. Install it by running `pip install -U deepspeed`.")
-    assert_no_run(tmp_path)
 
 
 def test_checkpointing_switched_off_runs(task_data, tiny_backbone_dir, tmp_path, monkeypatch,
@@ -585,16 +574,13 @@ def test_padding_multiple_beyond_the_positions(task_data, tiny_backbone_dir, tmp
     """A batch padded past the position table failed inside the model's forward pass
     (ValueError: sequence length 600 exceeds max_position_embeddings), after data was read."""
     monkeypatch.chdir(tmp_path)
-    status, _, err = run(["fit", "--task", "classification",
-                          f"--model.backbone={tiny_backbone_dir}", "--data.pad_to_multiple_of=600",
-                          f"--data.train_file={task_data['classification']['train_file']}",
-                          *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--task", "classification",
+                    f"--model.backbone={tiny_backbone_dir}", "--data.pad_to_multiple_of=600",
+                    f"--data.train_file={task_data['classification']['train_file']}",
+                    *QUIET], capsys, tmp_path) == (
         "bertzoo fit: error: data.pad_to_multiple_of (600) pads a batch of data.max_length (128) "
         "to 600 tokens, more than the model's max_position_embeddings (128); use a smaller "
         "multiple")
-    assert_no_run(tmp_path)
 
 
 def test_null_adam_betas_in_a_recipe(tmp_path, monkeypatch, capsys):
@@ -606,13 +592,10 @@ def test_null_adam_betas_in_a_recipe(tmp_path, monkeypatch, capsys):
         "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 64}, "adam_betas": None},
         "data": {"max_seq_length": 32}}))
-    status, _, err = run(["pretrain", "--config", str(recipe)], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["pretrain", "--config", str(recipe)], capsys, tmp_path) == (
         "bertzoo pretrain: error: model.adam_betas: expected tuple[float in [0, 1), float in "
         "[0, 1)], got null (an empty value in the recipe); give a value, or leave the key out "
         "for its default")
-    assert_no_run(tmp_path)
     from bertzoo.pretraining import PretrainingModule  # built in Python, the module refuses it
     with pytest.raises(ConfigError, match=r"model.adam_betas: expected two numbers in \[0, 1\), "
                                           r"got None"):
@@ -634,14 +617,11 @@ def test_an_empty_value_in_a_recipe_is_refused(section, key, expected, tiny_back
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"task: classification\n{section}:\n  {key}:\n  \n")
-    status, _, err = run(["fit", "--config", str(recipe), f"--model.backbone={tiny_backbone_dir}",
-                          "--data.labels=[negative, positive]",
-                          "--data.train_file=never-read.tsv", *QUIET], capsys)
-    assert status == 1
-    assert err.strip().splitlines()[-1] == (
+    assert refusal(["fit", "--config", str(recipe), f"--model.backbone={tiny_backbone_dir}",
+                    "--data.labels=[negative, positive]",
+                    "--data.train_file=never-read.tsv", *QUIET], capsys, tmp_path) == (
         f"bertzoo fit: error: {section}.{key}: expected {expected}, got null (an empty value in "
         f"the recipe); give a value, or leave the key out for its default")
-    assert_no_run(tmp_path)
     from bertzoo.training.options import accepts_none, option_types
     from bertzoo.tasks.classification import ClassificationDataModule
     assert accepts_none(option_types(ClassificationDataModule)["eval_batch_size"])
