@@ -173,6 +173,16 @@ def assert_runs_or_fails_cleanly(args: list[str], folder: Path, case: str) -> tu
     return status, errors[0]
 
 
+def assert_damaged_file_named(args: list[str], folder: Path, case: str, path: Path, kind: str,
+                              content: bytes) -> None:
+    """`assert_runs_or_fails_cleanly` for a run given a damaged file at `path`; a refusal of
+    text that is not UTF-8 (or holds NUL bytes) must name that file."""
+    status, line = assert_runs_or_fails_cleanly(args, folder, case)
+    foreign = kind in ("utf-16", "latin-1") or b"\x00" in content
+    if status and foreign:
+        assert str(path) in line, f"{case}: the error does not name {path}: {line}"
+
+
 def fresh(folder: Path) -> None:
     shutil.rmtree(folder / "runs", ignore_errors=True)
 
@@ -306,11 +316,8 @@ def test_damaged_files_run_or_fail_with_one_line(command, fuzz_root, monkeypatch
         broken["data"]["train_files" if command == "pretrain" else "train_file"] = str(bad)
         path = fuzz_root / f"damaged-{command}.yaml"
         path.write_text(yaml.safe_dump(broken))
-        status, line = assert_runs_or_fails_cleanly([verb, "--config", str(path)], fuzz_root,
-                                                    f"{command}: {kind} train file")
-        foreign = kind in ("utf-16", "latin-1") or b"\x00" in content
-        if status and foreign:
-            assert str(bad) in line, f"{command}: the error does not name the file: {line}"
+        assert_damaged_file_named([verb, "--config", str(path)], fuzz_root,
+                                  f"{command}: {kind} train file", bad, kind, content)
 
     check()
 
@@ -333,10 +340,7 @@ def test_damaged_recipes_run_or_fail_with_one_line(command, fuzz_root, monkeypat
         fresh(fuzz_root)
         path = fuzz_root / f"damaged-recipe-{command}.yaml"
         path.write_bytes(content)
-        status, line = assert_runs_or_fails_cleanly([verb, "--config", str(path), *quick],
-                                                    fuzz_root, f"{command}: {kind} recipe")
-        foreign = kind in ("utf-16", "latin-1") or b"\x00" in content
-        if status and foreign:
-            assert str(path) in line, f"{command}: the error does not name the recipe: {line}"
+        assert_damaged_file_named([verb, "--config", str(path), *quick], fuzz_root,
+                                  f"{command}: {kind} recipe", path, kind, content)
 
     check()
