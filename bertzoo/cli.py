@@ -627,8 +627,9 @@ def task_from_args(args: list[str]) -> tuple[str | None, list[str]]:
         i += 1
     recipe_task, recipe = None, None
     for _, path in _config_paths(rest):
-        if _read_yaml(path).get("task"):
-            recipe_task, recipe = str(_read_yaml(path)["task"]), path
+        task = _read_yaml(path).get("task")
+        if task:
+            recipe_task, recipe = str(task), path
     if name is not None and recipe_task is not None and name != recipe_task:
         raise TaskError(f"--task {name} conflicts with {recipe}, a recipe for task "
                         f"{recipe_task!r}")
