@@ -5,6 +5,7 @@ that split is judged on."""
 from __future__ import annotations
 
 import importlib.util
+import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +39,26 @@ def test_squad_splits(tmp_path):
         assert first <= int(low) <= int(high) < end
 
 
-def test_sst2_tune_split_holds_out_training_rows(tmp_path):
+def sst2_rows(count: int) -> list[str]:
+    """GLUE SST-2's layout: sentences of 10-14 words, each followed by two of its phrases (a
+    row of its own each), and some short rows."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(500)]
+    rows = []
+    for i in range(count):
+        sentence = [rng.choice(words) for _ in range(rng.randint(10, 14))]
+        rows += [" ".join(sentence), " ".join(sentence[2:6]), " ".join(sentence[:-1])]
+        if i % 5 == 0:
+            rows.append(f"{rng.choice(words)} {rng.choice(words)}")
+    return [f"{row}\t{i % 2}\n" for i, row in enumerate(rows)]
+
+
+def test_sst2_tune_split_holds_out_sentences_and_their_phrases(tmp_path):
     script = load_script()
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "SST-2").mkdir(parents=True)
-    rows = [f"sentence number {i} .\t{i % 2}\n" for i in range(1200)]
+    script.TUNE_DEV_ROWS = 100  # of 300 sentences: quick, and most rows stay for training
+    rows = sst2_rows(300)
     (data / "SST-2/train.tsv").write_text("sentence\tlabel\n" + "".join(rows), encoding="utf-8")
     assert script.sst2_files(data, out) == (data / "SST-2/train.tsv", data / "SST-2/dev.tsv")
     script.SPLIT = "tune"
@@ -52,9 +68,17 @@ def test_sst2_tune_split_holds_out_training_rows(tmp_path):
     dev_rows = dev.read_text(encoding="utf-8").splitlines(keepends=True)
     assert train_rows[0] == dev_rows[0] == "sentence\tlabel\n"
     assert len(dev_rows) - 1 == script.TUNE_DEV_ROWS
-    assert not set(train_rows[1:]) & set(dev_rows[1:])
-    assert sorted(train_rows[1:] + dev_rows[1:]) == sorted(rows)
-    # the same draw every time (a second call reads the files it wrote; a fresh folder redraws)
+    assert set(train_rows[1:] + dev_rows[1:]) <= set(rows)
+    held = [f" {r.split(chr(9))[0]} " for r in dev_rows[1:]]
+    assert all(len(h.split()) >= script.TUNE_MIN_WORDS for h in held)
+    for row in train_rows[1:]:  # no held-out sentence in training, whole or in pieces
+        text = f" {row.split(chr(9))[0]} "
+        assert not any(text in h or h in text for h in held), row
+    # what is not related to a held-out sentence stays for training
+    related = {r for r in rows if any(f" {r.split(chr(9))[0]} " in h or h in f" {r.split(chr(9))[0]} "
+                                      for h in held)}
+    assert set(train_rows[1:]) == set(rows) - related
+    # the same draw every time (a fresh folder draws again)
     again = script.sst2_files(data, tmp_path / "other")
     assert again[1].read_text(encoding="utf-8") == dev.read_text(encoding="utf-8")
     args = script.data_overrides("sst2", data, out)

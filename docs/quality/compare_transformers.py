@@ -21,9 +21,9 @@ adds (to measure a change). The transformers side uses a constant learning rate 
         [--seed 42] [--split eval|tune]
 
 `--split tune` measures on held-out parts of the training data instead, for choosing a recipe's
-defaults without looking at the figures they are judged on: SST-2 trains on GLUE's training file
-less 872 sentences set aside once (a fixed draw, written to OUT/tune/SST-2/) and validates on
-those; SQuAD trains on articles 0-31 and validates on 32-37 (the evaluation articles 38-47 are
+defaults without looking at the figures they are judged on: SST-2 validates on 872 training
+sentences set aside once (a fixed draw, written to OUT/tune/SST-2/) and trains on the rest less
+their phrases; SQuAD trains on articles 0-31 and validates on 32-37 (the evaluation articles 38-47 are
 never read); WNUT-17 reports its dev score beside the test score in either split.
 
 Run from the repository root (with bertzoo importable, e.g. PYTHONPATH=$PWD). Prints a table
@@ -62,11 +62,17 @@ SEED = 42
 SPLIT = "eval"
 SQUAD_ARTICLES = {"eval": ((0, 38), (38, 48)), "tune": ((0, 32), (32, 38))}  # [first, end)
 TUNE_DEV_ROWS, TUNE_DRAW_SEED = 872, 20261202  # as many as GLUE's dev; fixed, not the run's seed
+TUNE_MIN_WORDS = 10  # SST-2 held-out rows: sentences rather than phrases (GLUE dev: 19.5 words)
 
 
 def sst2_files(data: Path, out: Path) -> tuple[Path, Path]:
-    """SST-2's (train, dev) files: GLUE's, or under --split tune a training file less 872 rows
-    and those rows as the dev file, written once under OUT/tune/SST-2/."""
+    """SST-2's (train, dev) files: GLUE's, or under --split tune a dev file of 872 training
+    sentences set aside once and a training file without them, written under OUT/tune/SST-2/.
+
+    GLUE's SST-2 training file holds every phrase of each sentence as a row of its own, while its
+    dev file holds whole sentences. So the held-out rows are drawn among rows of at least
+    TUNE_MIN_WORDS words, and every training row that is part of one of them, or contains one,
+    leaves the training file too: no held-out sentence is seen in training, whole or in pieces."""
     if SPLIT == "eval":
         return data / "SST-2/train.tsv", data / "SST-2/dev.tsv"
     folder = out.resolve() / "tune/SST-2"
@@ -74,10 +80,17 @@ def sst2_files(data: Path, out: Path) -> tuple[Path, Path]:
     if not dev.is_file():
         lines = (data / "SST-2/train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
         header, rows = lines[0], lines[1:]
-        held = set(np.random.default_rng(TUNE_DRAW_SEED).permutation(len(rows))[:TUNE_DEV_ROWS].tolist())
+        text = [r.split("\t")[0].strip() for r in rows]
+        long = [i for i, t in enumerate(text) if len(t.split()) >= TUNE_MIN_WORDS]
+        draw = np.random.default_rng(TUNE_DRAW_SEED).permutation(len(long))[:TUNE_DEV_ROWS]
+        held = sorted(long[i] for i in draw)
+        joined = "\n".join(text[i] for i in held)
+        kept = [i for i, t in enumerate(text)
+                if f" {t} " not in f" {joined} ".replace("\n", " \n ")
+                and not any(f" {text[h]} " in f" {t} " for h in held)]
         folder.mkdir(parents=True, exist_ok=True)
-        train.write_text(header + "".join(r for i, r in enumerate(rows) if i not in held), encoding="utf-8")
-        dev.write_text(header + "".join(r for i, r in enumerate(rows) if i in held), encoding="utf-8")
+        train.write_text(header + "".join(rows[i] for i in kept), encoding="utf-8")
+        dev.write_text(header + "".join(rows[i] for i in held), encoding="utf-8")
     return train, dev
 
 
