@@ -1,12 +1,14 @@
 """docs/quality/compare_transformers.py's data splits: the evaluation split is the one the
-README's table names, and the tuning split (for choosing recipe defaults) never reads the rows
-that split is judged on."""
+README's table names, the tuning split (for choosing recipe defaults) never reads the rows
+that split is judged on, and the transformers side runs each recipe's hyper-parameters."""
 
 from __future__ import annotations
 
 import importlib.util
 import random
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "quality" / "compare_transformers.py"
@@ -84,3 +86,15 @@ def test_sst2_tune_split_holds_out_sentences_and_their_phrases(tmp_path):
     args = script.data_overrides("sst2", data, out)
     assert (option(args, "--data.train_file"), option(args, "--data.validation_file")) \
         == (str(train), str(dev))
+
+
+def test_transformers_side_uses_the_recipes_hyper_parameters():
+    script = load_script()
+    for task, recipe_path in script.RECIPES.items():
+        recipe = yaml.safe_load((ROOT / recipe_path).read_text())
+        expected = dict(epochs=recipe["trainer"]["max_epochs"], batch_size=recipe["data"]["batch_size"],
+                        lr=recipe["model"]["learning_rate"],
+                        weight_decay=recipe["model"].get("weight_decay", 0.0),
+                        max_length=recipe["data"]["max_length"],
+                        max_train_samples=recipe["data"].get("max_train_samples"))
+        assert script.SETTINGS[task] == expected, task

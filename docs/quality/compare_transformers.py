@@ -18,7 +18,7 @@ adds (to measure a change). The transformers side uses a constant learning rate 
 
     python docs/quality/compare_transformers.py --tasks sst2,wnut17,squad \\
         [--sides bertzoo,transformers] [--data ../shared/data] [--backbone PATH] [--out DIR]
-        [--seed 42] [--split eval|tune]
+        [--seed 42] [--split eval|tune] [--lr 5e-5]
 
 `--split tune` measures on held-out parts of the training data instead, for choosing a recipe's
 defaults without looking at the figures they are judged on: SST-2 validates on 872 training
@@ -50,7 +50,7 @@ import numpy as np
 
 RECIPES = {"sst2": "recipes/classification/sst2.yaml", "wnut17": "recipes/ner/wnut17.yaml",
            "squad": "recipes/qa/squad.yaml"}
-SETTINGS = {  # the recipes' hyper-parameters, applied to the transformers side
+SETTINGS = {  # the recipes' hyper-parameters, applied to the transformers side (a test keeps them equal)
     "sst2": dict(epochs=1, batch_size=32, lr=5e-5, weight_decay=0.01, max_length=128,
                  max_train_samples=4000),
     "wnut17": dict(epochs=3, batch_size=32, lr=5e-5, weight_decay=0.0, max_length=128,
@@ -130,7 +130,8 @@ def run_bertzoo(task: str, args) -> dict:
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["--config", str(repo / RECIPES[task]), "--model.backbone", args.backbone,
               "--seed_everything", str(SEED), "--data.seed", str(SEED),
-              *data_overrides(task, Path(args.data).resolve(), Path(args.out)), *args.bertzoo_args.split()]
+              *data_overrides(task, Path(args.data).resolve(), Path(args.out)),
+              *(["--model.learning_rate", str(args.lr)] if args.lr else []), *args.bertzoo_args.split()]
     python = [sys.executable, "-c",
               f"import sys\n{args.bertzoo_prelude}\nfrom bertzoo.cli import main\nsys.exit(main())"]
     start = time.perf_counter()
@@ -396,7 +397,8 @@ def run_transformers(task: str, args) -> dict:
     transformers.set_seed(SEED)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     start = time.perf_counter()
-    result = {"sst2": hf_sst2, "wnut17": hf_wnut17, "squad": hf_squad}[task](args, SETTINGS[task])
+    result = {"sst2": hf_sst2, "wnut17": hf_wnut17, "squad": hf_squad}[task](
+        args, {**SETTINGS[task], **({"lr": args.lr} if args.lr else {})})
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -424,6 +426,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED,
                         help="both sides: the rows drawn, the batch order, the head's "
                              "initialisation and dropout (bertzoo: seed_everything and data.seed)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="both sides: this learning rate instead of the recipe's")
     parser.add_argument("--split", choices=("eval", "tune"), default="eval",
                         help="tune: validate on held-out training data (see the module's help)")
     args = parser.parse_args()
@@ -437,7 +441,8 @@ def main() -> None:
         for side in args.sides.split(","):
             load, started = os.getloadavg()[0], time.gmtime()
             result = (run_bertzoo if side == "bertzoo" else run_transformers)(task, args)
-            result.update(task=task, side=side, seed=SEED, split=SPLIT, load_before=round(load, 2),
+            result.update(task=task, side=side, seed=SEED, split=SPLIT, lr=args.lr,
+                          load_before=round(load, 2),
                           started=time.strftime("%Y-%m-%d %H:%M UTC", started),
                           when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           load_after=round(os.getloadavg()[0], 2),
