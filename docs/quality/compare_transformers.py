@@ -6,10 +6,10 @@ maximum length); the transformers side is a plain PyTorch loop over `AutoModelFo
 torch's AdamW and dynamic padding, scored with seqeval (WNUT-17) and the official SQuAD v1.1
 EM/F1 (re-implemented below, 20 best starts/ends, answers up to 30 tokens, as run_qa).
 
-    sst2    SST-2, 4,000 training rows, 1 epoch, batch 32, lr 5e-5 -> dev accuracy
+    sst2    SST-2, 4,000 training rows, 1 epoch, batch 32, lr 1e-4 -> dev accuracy
     wnut17  WNUT-17, 3 epochs, batch 32, lr 5e-5, no weight decay -> test entity F1 (and dev's)
     squad   SQuAD v1.1 (rebuilt dev file), articles 0-37 -> 38-47, 2,000 training questions,
-            1 epoch, batch 16, lr 5e-5, 384 tokens, stride 128 -> EM / F1
+            1 epoch, batch 16, lr 1e-4, 384 tokens, stride 128 -> EM / F1
 
 The bertzoo side is the shipped recipe run through the CLI (`bertzoo fit`, then `bertzoo test`
 for WNUT-17) with only the local-data and backbone overrides, plus whatever `--bertzoo-args`
@@ -51,11 +51,11 @@ import numpy as np
 RECIPES = {"sst2": "recipes/classification/sst2.yaml", "wnut17": "recipes/ner/wnut17.yaml",
            "squad": "recipes/qa/squad.yaml"}
 SETTINGS = {  # the recipes' hyper-parameters, applied to the transformers side (a test keeps them equal)
-    "sst2": dict(epochs=1, batch_size=32, lr=5e-5, weight_decay=0.01, max_length=128,
+    "sst2": dict(epochs=1, batch_size=32, lr=1e-4, weight_decay=0.01, max_length=128,
                  max_train_samples=4000),
     "wnut17": dict(epochs=3, batch_size=32, lr=5e-5, weight_decay=0.0, max_length=128,
                    max_train_samples=None),
-    "squad": dict(epochs=1, batch_size=16, lr=5e-5, weight_decay=0.01, max_length=384,
+    "squad": dict(epochs=1, batch_size=16, lr=1e-4, weight_decay=0.01, max_length=384,
                   max_train_samples=2000),
 }
 SEED = 42
