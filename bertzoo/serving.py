@@ -19,6 +19,7 @@ bad request never fails the others batched with it.
 # No `from __future__ import annotations`: LitServe hands the annotation of
 # `decode_request` to FastAPI, which needs the class itself, not its name.
 
+import logging
 from typing import Any
 
 try:
@@ -33,6 +34,8 @@ except ImportError:
 
 from bertzoo.inference import Predictor, load
 from bertzoo.tasks.inputs import MISSING, Found, InputError, describe
+
+log = logging.getLogger("bertzoo.serve")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_INPUTS = 256  # per request: a client with more sends several requests (they batch)
@@ -158,6 +161,8 @@ def _failure(inputs: list[Any], predictor: Predictor) -> JSONResponse:
         return error_response(422, str(err), err.field, err.expected)
     except Exception as err:  # the task's own data errors name what is wrong
         message = f"{type(err).__name__}: {err}"
+        # the client gets the message; whoever runs the server needs where it came from
+        log.exception("POST /predict answered 422: %s", message)
     return error_response(422, message, "inputs", predictor.inputs.description)
 
 

@@ -163,3 +163,24 @@ def test_load_check_script_on_a_tiny_setting(served, tmp_path):
         assert figures[mode]["answered"] == figures[mode]["sent"] == 6
         assert figures[mode]["wrong"] == figures[mode]["failed"] == 0
     assert figures["predictor"]["sentences_per_s"] > 0
+
+
+def test_an_unexpected_failure_is_a_422_and_a_traceback_in_the_server_log(caplog):
+    """Inputs that pass the schema but make the model fail: the client gets a 422 with the
+    error's message; the server's log gets the traceback (the client's message alone would not
+    tell an operator where it came from)."""
+    from types import SimpleNamespace
+
+    from bertzoo.serving import _failure
+
+    def predictor(inputs):
+        raise RuntimeError("tokenizer gave up")
+    predictor.inputs = SimpleNamespace(description="a list of sentences")
+    with caplog.at_level("ERROR", logger="bertzoo.serve"):
+        response = _failure(["a sentence"], predictor)
+    assert response.status_code == 422
+    assert json.loads(response.body) == {"error": "RuntimeError: tokenizer gave up",
+                                         "field": "inputs", "expected": "a list of sentences"}
+    [record] = caplog.records
+    assert "RuntimeError: tokenizer gave up" in record.getMessage() and record.exc_info
+    assert record.exc_info[0] is RuntimeError
