@@ -200,8 +200,9 @@ def main() -> None:
                              "the last hidden states (for an MLM-only pretraining, whose [CLS] "
                              "state no objective trained)")
     parser.add_argument("--seed", type=int, default=None,
-                        help="fine-tuning seed (seed_everything: head, dropout, batch order), "
-                             "the same for both arms (default: the recipe's)")
+                        help="fine-tuning seed_everything (classifier, dropout, the random arm's "
+                             "encoder; the rows and their order follow data.seed), the same for "
+                             "both arms (default: the recipe's)")
     parser.add_argument("--rows-seen", type=int, default=ROWS_SEEN,
                         help="fine-tuning budget in training rows (epochs = this / labels)")
     parser.add_argument("--val-every", type=int, default=25, help="fine-tuning steps")
