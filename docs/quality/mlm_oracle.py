@@ -7,7 +7,7 @@ vocabulary and builds the sentence-pair instances (NSP layout, 4 duplicates), or
 `--packed`, full rows of masked LM alone. A plain loop (no Lightning) then trains, MLM loss only:
 
     --impl hf        transformers' `BertForMaskedLM`, masked by `--collator hf`
-                     (transformers' `DataCollatorForLanguageModeling`, 15%, 80/10/10) or
+                     (transformers' `DataCollatorForLanguageModeling`) or
                      `--collator bertzoo` (`bertzoo.pretraining.masking.MaskingCollator`)
     --impl bertzoo   bertzoo's `BertForPreTraining(nsp=False)`, the same way
 
@@ -62,10 +62,10 @@ def arguments():
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--packed", action="store_true", help="masked LM alone: full rows")
-    p.add_argument("--mlm-prob", type=float, default=0.15, help="training masks (bertzoo)")
-    p.add_argument("--mask-token-prob", type=float, default=0.8, help="training masks (bertzoo)")
-    p.add_argument("--random-token-prob", type=float, default=0.1,
-                   help="training masks (bertzoo)")
+    # The training masks, either collator (validation always masks 15%, 80/10/10).
+    p.add_argument("--mlm-prob", type=float, default=0.15)
+    p.add_argument("--mask-token-prob", type=float, default=0.8)
+    p.add_argument("--random-token-prob", type=float, default=0.1)
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--show", type=int, default=0,
                    help="print this many rows of bertzoo's first training batch, decoded "
@@ -146,7 +146,8 @@ def main() -> None:
     hf_collator = DataCollatorForLanguageModeling(
         PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]",
                                 cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]"),
-        mlm_probability=0.15, return_tensors="pt")
+        mlm_probability=a.mlm_prob, mask_replace_prob=a.mask_token_prob,
+        random_replace_prob=a.random_token_prob, return_tensors="pt")
     bz_collator = MaskingCollator.for_tokenizer(
         tok, mlm_probability=a.mlm_prob, seed=dm.seed, mask_token_prob=a.mask_token_prob,
         random_token_prob=a.random_token_prob)
@@ -255,7 +256,8 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         optimizer.step()
         schedule.step()
-        smoothed = 0.98 * smoothed + 0.02 * float(loss.detach()) if step > 1 else float(loss)
+        value = float(loss.detach())
+        smoothed = 0.98 * smoothed + 0.02 * value if step > 1 else value
         if step % a.eval_every == 0 or step == T:
             accuracy, val_loss, at_mask, heads = evaluate()
             print(json.dumps({"step": step, "train_loss_ema": round(smoothed, 3),
