@@ -24,12 +24,16 @@ n tokens is ln n) and the mean attention a token pays to the token just before i
 `--baselines` prints, instead of training, what counts give on the same validation batches:
 the unigram cross-entropy and accuracy (always the most frequent token), and "copy the input
 token when it is not [MASK], else the most frequent token after the one to its left" (bigram).
+`--checkpoint CKPT` prints a saved pretraining's attention on the validation rows (with its own
+tokenizer) and whether its position embeddings are ordered. `--show N` prints N rows of the
+first training batch, decoded, as the pretraining module receives them.
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 \
         python docs/quality/mlm_oracle.py --impl hf --collator hf --steps 1500
     python docs/quality/mlm_oracle.py --impl bertzoo --collator bertzoo --mask-token-prob 1 \
         --random-token-prob 0 --steps 1500 --eval-every 150
     python docs/quality/mlm_oracle.py --baselines
+    python docs/quality/mlm_oracle.py --checkpoint runs/transfer/pretrain-wikitext-8000/runs/pretrain/version_0/checkpoints/last.ckpt
 
 Run from the repository root. docs/quality/README.md ("Does pretraining help?") has the figures.
 """
@@ -67,6 +71,10 @@ def arguments():
     p.add_argument("--mask-token-prob", type=float, default=0.8)
     p.add_argument("--random-token-prob", type=float, default=0.1)
     p.add_argument("--baselines", action="store_true")
+    p.add_argument("--checkpoint", default=None,
+                   help="a pretraining's .ckpt: print its attention on the validation rows "
+                        "(read with its own tokenizer) and its position embeddings' order, "
+                        "and stop")
     p.add_argument("--show", type=int, default=0,
                    help="print this many rows of bertzoo's first training batch, decoded "
                         "(tokens, segment B marked |B, the NSP label, each label's position, "
@@ -105,6 +113,44 @@ def baselines(dm, rows) -> None:
                       "copy_or_bigram_accuracy": round(float(np.mean(bigram)), 4)}))
 
 
+@torch.no_grad()
+def attention(encoder, batch) -> list[tuple[float, float]]:
+    """Per layer of a bertzoo encoder: (attention entropy, mean attention to the previous
+    token) over the real tokens of `batch`."""
+    from bertzoo.model import Packing
+    ids, keep = batch["input_ids"], batch["attention_mask"].bool()
+    B, L = ids.shape
+    packing = Packing(batch["attention_mask"], B, L, unpad=True)
+    x = encoder.embeddings(ids, batch["token_type_ids"], packing)
+    out = []
+    for layer in encoder.layers:
+        nh, hd = layer.attention.num_heads, layer.attention.head_dim
+        q, k, _ = (packing.unpack(layer.attention.qkv(x)).view(B, L, 3, nh, hd)
+                   .permute(2, 0, 3, 1, 4).unbind(0))
+        probs = ((q @ k.transpose(-1, -2)) / hd ** 0.5).masked_fill(
+            ~keep[:, None, None, :], float("-inf")).softmax(-1)  # (B, nh, L, L)
+        entropy = -(probs.clamp_min(1e-9).log() * probs).sum(-1)  # (B, nh, L)
+        i = torch.arange(L - 1)
+        out.append((round(float(entropy[keep[:, None, :].expand(-1, nh, -1)].mean()), 2),
+                    round(float(probs[:, :, i + 1, i].mean()), 3)))
+        x = layer(x, packing)
+    return out
+
+
+def inspect(checkpoint: str, dm) -> None:
+    """A saved pretraining's attention on the validation rows, and whether its position
+    embeddings are ordered (neighbours more alike than positions 10 apart)."""
+    from bertzoo.model import BertForPreTraining
+    model = BertForPreTraining.from_pretrained(checkpoint, kernels="reference")
+    positions = F.normalize(model.encoder.embeddings.position.weight[:dm.max_seq_length], dim=1)
+    cosine = positions @ positions.T
+    print(json.dumps({"checkpoint": checkpoint,
+                      "attention_entropy_and_previous": attention(
+                          model.encoder, next(iter(dm.val_dataloader()))),
+                      "position_cosine_next": round(float(cosine.diagonal(1).mean()), 3),
+                      "position_cosine_10_apart": round(float(cosine.diagonal(10).mean()), 3)}))
+
+
 def show(dm, count: int) -> None:
     """Rows of the first training batch exactly as `PretrainingModule` receives them."""
     batch = next(iter(dm.train_dataloader()))
@@ -126,6 +172,7 @@ def main() -> None:
     from bertzoo.pretraining.masking import MaskingCollator
     files = [f"{a.data}/wikitext-2/wiki.valid.tokens", f"{a.data}/wikitext-2/wiki.test.tokens"]
     dm = PretrainingDataModule(train_files=files, format="wikitext", tokenizer_vocab_size=a.vocab,
+                               tokenizer=a.checkpoint,
                                max_seq_length=a.seq, batch_size=a.batch,
                                dupe_factor=1 if a.packed else 4, validation_documents=0.05,
                                nsp=not a.packed)
@@ -135,6 +182,8 @@ def main() -> None:
     train = dm.instances["train"].with_format("numpy", columns=["input_ids", "token_type_ids"])
     rows = [np.asarray(r, dtype=np.int64) for r in train["input_ids"]]
     types = [np.asarray(r, dtype=np.int64) for r in train["token_type_ids"]]
+    if a.checkpoint:
+        return inspect(a.checkpoint, dm)
     if a.baselines:
         return baselines(dm, rows)
     if a.show:
@@ -196,30 +245,6 @@ def main() -> None:
         return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
                 "token_type_ids": b["token_type_ids"], "labels": labels}
 
-    def attention():
-        """Per layer: (entropy, attention to the previous token), first validation batch."""
-        if a.impl != "bertzoo":
-            return []
-        from bertzoo.model import Packing
-        b = val_batches[0]
-        ids, keep = b["input_ids"], b["attention_mask"].bool()
-        B, L = ids.shape
-        packing = Packing(b["attention_mask"], B, L, unpad=True)
-        x = model.encoder.embeddings(ids, b["token_type_ids"], packing)
-        out = []
-        for layer in model.encoder.layers:
-            nh, hd = layer.attention.num_heads, layer.attention.head_dim
-            q, k, _ = (packing.unpack(layer.attention.qkv(x)).view(B, L, 3, nh, hd)
-                       .permute(2, 0, 3, 1, 4).unbind(0))
-            probs = ((q @ k.transpose(-1, -2)) / hd ** 0.5).masked_fill(
-                ~keep[:, None, None, :], float("-inf")).softmax(-1)  # (B, nh, L, L)
-            entropy = -(probs.clamp_min(1e-9).log() * probs).sum(-1)  # (B, nh, L)
-            i = torch.arange(L - 1)
-            out.append((round(float(entropy[keep[:, None, :].expand(-1, nh, -1)].mean()), 2),
-                        round(float(probs[:, :, i + 1, i].mean()), 3)))
-            x = layer(x, packing)
-        return out
-
     @torch.no_grad()
     def evaluate():
         model.eval()
@@ -236,7 +261,7 @@ def main() -> None:
             correct, total = correct + int(right.sum()), total + labels.numel()
             at_mask, masks = at_mask + int(right[was_mask].sum()), masks + int(was_mask.sum())
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        heads = attention()
+        heads = attention(model.encoder, val_batches[0]) if a.impl == "bertzoo" else []
         model.train()
         return correct / total, loss / total, at_mask / masks, heads
 
