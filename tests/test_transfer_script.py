@@ -59,7 +59,8 @@ def test_transfer_script_runs_both_arms_from_one_pretraining(tmp_path, monkeypat
     out, png = tmp_path / "out", tmp_path / "curves.png"
     monkeypatch.setattr(sys, "argv", [
         "transfer.py", "--corpus", "sst2", "--mlm-only", "--pretrain-steps", "2",
-        "--labels", "32", "--rows-seen", "64", "--val-every", "1",
+        "--labels", "32", "--rows-seen", "64", "--val-every", "1", "--pooling", "mean",
+        "--seed", "7",
         "--data", str(tmp_path / "data"), "--out", str(out), "--png", str(png),
         "--pretrain-args", "--data.validation_documents 2 --data.batch_size 8 "
                            "--data.eval_batch_size 8 --trainer.val_check_interval 1 "
@@ -94,6 +95,9 @@ def test_transfer_script_runs_both_arms_from_one_pretraining(tmp_path, monkeypat
         first = read_lightning_checkpoint(next(Path(r["run_dir"]).glob("checkpoints/*.ckpt")))
         assert first[CKPT_KEY]["config"] == pretraining[CKPT_KEY]["config"]
         assert first[CKPT_KEY]["tokenizer"] == pretraining[CKPT_KEY]["tokenizer"]
+        # Both arms read the same pooling and get the same fine-tuning seed.
+        assert (config["model"]["pooling"], config["seed_everything"]) == ("mean", 7)
+        assert (r["pooling"], r["seed"]) == ("mean", 7)
         if r["init"] == "pretrained":
             assert config["model"]["backbone"].endswith("last.ckpt")
         else:

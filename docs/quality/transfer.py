@@ -13,12 +13,15 @@ same architecture fine-tuned from random initialisation with the same budget.
        `recipes/classification/sst2_tiny.yaml` (64 word pieces, lr 3e-4 or `--lr`, 3 epochs of
        4,000 rows = 375 steps, and as many steps for fewer rows: 24 epochs of 500; validated
        every `--val-every` steps) twice: from step 1's checkpoint, and from random
-       initialisation with step 1's tokenizer and the same configuration.
+       initialisation with step 1's tokenizer and the same configuration; both arms with the
+       same classifier input (`--pooling`: the pooled [CLS] state, or the mean of the last
+       hidden states, which suits a masked-LM-only pretraining) and seed (`--seed`).
     3. `bertzoo plot` on every fine-tuning run, and one PNG with the val/accuracy curves of each
        pair side by side (`--png`).
 
     python docs/quality/transfer.py [--corpus wikitext|sst2|embedded] [--pretrain-steps N] [--mlm-only]
-        [--pretrain-lr LR] [--lr LR] [--labels 4000,500] [--data ../shared/data]
+        [--pretrain-lr LR] [--lr LR] [--labels 4000,500] [--pooling cls|mean] [--seed N]
+        [--pretrain-args "..."] [--data ../shared/data]
         [--out runs/transfer] [--png FILE]
 
 Run from the repository root with bertzoo importable (PYTHONPATH=$PWD). Prints a table (dev
@@ -127,7 +130,10 @@ def name(args) -> str:
 
 
 def fine_tuning_name(args) -> str:
-    return f"-ft{args.lr:g}" if args.lr != FINE_TUNING_LR else ""
+    lr = f"-ft{args.lr:g}" if args.lr != FINE_TUNING_LR else ""
+    mean = "-mean" if args.pooling == "mean" else ""
+    seed = f"-seed{args.seed}" if args.seed is not None else ""
+    return lr + mean + seed
 
 
 def fine_tune(args, work: Path, repo: Path, checkpoint: Path, labels: int, init: str) -> dict:
@@ -143,7 +149,9 @@ def fine_tune(args, work: Path, repo: Path, checkpoint: Path, labels: int, init:
              "--data.validation_file", str(data / "SST-2" / "dev.tsv"),
              "--data.max_train_samples", str(labels),
              "--trainer.max_epochs", str(epochs(labels, args.rows_seen)),
-             "--trainer.val_check_interval", str(args.val_every)], folder, folder / "log.txt")
+             "--trainer.val_check_interval", str(args.val_every), "--model.pooling", args.pooling,
+             *(["--seed_everything", str(args.seed)] if args.seed is not None else [])],
+            folder, folder / "log.txt")
     seconds = time.perf_counter() - start
     run_dir = newest_run(folder / "runs" / "classification")
     bertzoo(["plot", str(run_dir)], folder, folder / "log.txt")
@@ -187,6 +195,14 @@ def main() -> None:
     parser.add_argument("--mlm-only", action="store_true",
                         help="pretrain with masked LM alone (model.nsp false: full rows packed "
                              "across sentences), e.g. for a corpus of unrelated sentences")
+    parser.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                        help="what the classifier reads: the pooled [CLS] state, or the mean of "
+                             "the last hidden states (for an MLM-only pretraining, whose [CLS] "
+                             "state no objective trained)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fine-tuning seed_everything (classifier, dropout, the random arm's "
+                             "encoder; the rows and their order follow data.seed), the same for "
+                             "both arms (default: the recipe's)")
     parser.add_argument("--rows-seen", type=int, default=ROWS_SEEN,
                         help="fine-tuning budget in training rows (epochs = this / labels)")
     parser.add_argument("--val-every", type=int, default=25, help="fine-tuning steps")
@@ -213,7 +229,8 @@ def main() -> None:
             result = fine_tune(args, work, repo, checkpoint, labels, init)
             result.update(corpus=args.corpus, pretrain_steps=args.pretrain_steps,
                           mlm_only=args.mlm_only, pretrain_lr=args.pretrain_lr,
-                          lr=args.lr, epochs=epochs(labels, args.rows_seen),
+                          lr=args.lr, pooling=args.pooling, seed=args.seed,
+                          epochs=epochs(labels, args.rows_seen),
                           pretrain_seconds=round(pretrain_seconds, 1), when=when,
                           load_before=round(load, 2),
                           pretrain_val_mlm_loss=pretrain_loss[-1][1] if pretrain_loss else None,
