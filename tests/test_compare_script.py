@@ -4,21 +4,18 @@ that split is judged on, and the transformers side runs each recipe's hyper-para
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
 import yaml
 
+from doc_scripts import load_doc_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "docs" / "quality" / "compare_transformers.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_doc_script("quality/compare_transformers.py")
 
 
 def option(args: list[str], name: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 
 from bertzoo.inference import load
 from bertzoo.serving import MAX_BODY_BYTES, MAX_INPUTS, MAX_TEXT_CHARS
+from doc_scripts import load_doc_script
 from test_inference import assert_close, train_and_predict
 
 
@@ -148,13 +149,8 @@ def test_bad_requests_are_4xx_naming_the_field(served, what, body, content_type,
 
 def test_load_check_script_on_a_tiny_setting(served, tmp_path):
     """docs/serving_load.py end to end, 2 clients x 3 requests, batching on and off."""
-    import importlib.util
-    from pathlib import Path
     _, task = served
-    script = Path(__file__).resolve().parents[1] / "docs" / "serving_load.py"
-    spec = importlib.util.spec_from_file_location("serving_load", script)
-    serving_load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serving_load)
+    serving_load = load_doc_script("serving_load.py")
     out = tmp_path / "load.json"
     assert serving_load.main(["--model", str(task.run), "--clients", "2", "--requests", "3",
                               "--json", str(out)]) == 0

@@ -9,7 +9,6 @@ configuration and tokenizer; the SST-2 dev sentences must never reach the pretra
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,16 +19,13 @@ import yaml
 from bertzoo.cli import main as bertzoo_main
 from bertzoo.files import CKPT_KEY, read_lightning_checkpoint
 from bertzoo.testing import sentences
+from doc_scripts import load_doc_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "docs" / "quality" / "transfer.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("transfer_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_doc_script("quality/transfer.py")
 
 
 def write_sst2(folder: Path) -> tuple[list[str], list[str]]:
