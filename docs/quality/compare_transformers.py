@@ -84,10 +84,11 @@ def sst2_files(data: Path, out: Path) -> tuple[Path, Path]:
         long = [i for i, t in enumerate(text) if len(t.split()) >= TUNE_MIN_WORDS]
         draw = np.random.default_rng(TUNE_DRAW_SEED).permutation(len(long))[:TUNE_DEV_ROWS]
         held = sorted(long[i] for i in draw)
-        joined = "\n".join(text[i] for i in held)
+        # whole words only: " a b " is part of " x a b y " but not of " x a bc "
+        held_words = [f" {text[h]} " for h in held]
+        all_held = "\n".join(held_words)  # one search for "part of a held-out sentence"
         kept = [i for i, t in enumerate(text)
-                if f" {t} " not in f" {joined} ".replace("\n", " \n ")
-                and not any(f" {text[h]} " in f" {t} " for h in held)]
+                if f" {t} " not in all_held and not any(h in f" {t} " for h in held_words)]
         folder.mkdir(parents=True, exist_ok=True)
         train.write_text(header + "".join(rows[i] for i in kept), encoding="utf-8")
         dev.write_text(header + "".join(rows[i] for i in held), encoding="utf-8")
