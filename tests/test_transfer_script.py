@@ -56,7 +56,7 @@ def test_transfer_script_runs_both_arms_from_one_pretraining(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", [
         "transfer.py", "--corpus", "sst2", "--mlm-only", "--pretrain-steps", "2",
         "--labels", "32", "--rows-seen", "64", "--val-every", "1", "--pooling", "mean",
-        "--seed", "7",
+        "--seed", "7", "--dropout", "0.2",
         "--data", str(tmp_path / "data"), "--out", str(out), "--png", str(png),
         "--pretrain-args", "--data.validation_documents 2 --data.batch_size 8 "
                            "--data.eval_batch_size 8 --trainer.val_check_interval 1 "
@@ -79,9 +79,9 @@ def test_transfer_script_runs_both_arms_from_one_pretraining(tmp_path, monkeypat
     assert all(s in corpus for s in train) and not any(s in corpus for s in dev)
 
     # Pretrained arm: the pretraining's encoder and tokenizer. Random arm: the same
-    # configuration and tokenizer, other weights.
+    # configuration (--dropout's rate included) and tokenizer, other weights.
     pretraining = read_lightning_checkpoint(
-        next((out / "pretrain-sst2-2-mlm" / "runs" / "pretrain").glob("version_*"))
+        next((out / "pretrain-sst2-2-mlm-drop0.2" / "runs" / "pretrain").glob("version_*"))
         / "checkpoints" / "last.ckpt")
     pretrained_encoder = {k.removeprefix("model.encoder."): v
                           for k, v in pretraining["state_dict"].items()
@@ -90,6 +90,8 @@ def test_transfer_script_runs_both_arms_from_one_pretraining(tmp_path, monkeypat
         config = yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())
         first = read_lightning_checkpoint(next(Path(r["run_dir"]).glob("checkpoints/*.ckpt")))
         assert first[CKPT_KEY]["config"] == pretraining[CKPT_KEY]["config"]
+        assert first[CKPT_KEY]["config"]["hidden_dropout_prob"] == 0.2
+        assert first[CKPT_KEY]["config"]["attention_probs_dropout_prob"] == 0.2
         assert first[CKPT_KEY]["tokenizer"] == pretraining[CKPT_KEY]["tokenizer"]
         # Both arms read the same pooling and get the same fine-tuning seed.
         assert (config["model"]["pooling"], config["seed_everything"]) == ("mean", 7)

@@ -21,6 +21,7 @@ same architecture fine-tuned from random initialisation with the same budget.
 
     python docs/quality/transfer.py [--corpus wikitext|sst2|embedded] [--pretrain-steps N] [--mlm-only]
         [--pretrain-lr LR] [--lr LR] [--labels 4000,500] [--pooling cls|mean] [--seed N]
+        [--dropout P]
         [--pretrain-args "..."] [--data ../shared/data]
         [--out runs/transfer] [--png FILE]
 
@@ -115,6 +116,7 @@ def pretrain(args, work: Path, repo: Path) -> tuple[Path, float]:
         steps += ["--model.nsp", "false", "--data.dupe_factor", "1"]
     if args.pretrain_lr is not None:
         steps += ["--model.learning_rate", str(args.pretrain_lr)]
+    steps += dropout_overrides(args)
     steps += shlex.split(args.pretrain_args)
     start = time.perf_counter()
     bertzoo(["pretrain", "--config", str(repo / RECIPE),
@@ -124,9 +126,19 @@ def pretrain(args, work: Path, repo: Path) -> tuple[Path, float]:
     return newest_run(runs) / "checkpoints" / "last.ckpt", time.perf_counter() - start
 
 
+def dropout_overrides(args) -> list[str]:
+    """The recipes' dropout (0: a tiny model on little text) or `--dropout`, for the pretraining
+    and for the random arm's configuration; the pretrained arm reads it from the checkpoint."""
+    if args.dropout is None:
+        return []
+    return ["--model.config.hidden_dropout_prob", str(args.dropout),
+            "--model.config.attention_probs_dropout_prob", str(args.dropout)]
+
+
 def name(args) -> str:
     lr = f"-lr{args.pretrain_lr:g}" if args.pretrain_lr is not None else ""
-    return f"{args.corpus}-{args.pretrain_steps}{'-mlm' if args.mlm_only else ''}{lr}"
+    drop = f"-drop{args.dropout:g}" if args.dropout is not None else ""
+    return f"{args.corpus}-{args.pretrain_steps}{'-mlm' if args.mlm_only else ''}{lr}{drop}"
 
 
 def fine_tuning_name(args) -> str:
@@ -141,7 +153,8 @@ def fine_tune(args, work: Path, repo: Path, checkpoint: Path, labels: int, init:
     folder.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).resolve()
     model = (["--model.config", "null", "--model.backbone", str(checkpoint)]
-             if init == "pretrained" else ["--data.tokenizer", str(checkpoint)])
+             if init == "pretrained" else ["--data.tokenizer", str(checkpoint),
+                                           *dropout_overrides(args)])
     start = time.perf_counter()
     bertzoo(["fit", "--config", str(repo / SST2), "--model.learning_rate", str(args.lr), *model,
              "--data.dataset", "null", "--data.dataset_config", "null",
@@ -195,6 +208,9 @@ def main() -> None:
     parser.add_argument("--mlm-only", action="store_true",
                         help="pretrain with masked LM alone (model.nsp false: full rows packed "
                              "across sentences), e.g. for a corpus of unrelated sentences")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="hidden and attention dropout of the pretraining and of both "
+                             "fine-tuning arms (default: the recipes' 0)")
     parser.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                         help="what the classifier reads: the pooled [CLS] state, or the mean of "
                              "the last hidden states (for an MLM-only pretraining, whose [CLS] "
