@@ -69,7 +69,7 @@ def test_baselines_and_show(wikitext, monkeypatch, capsys):
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]|B"
 
 
-def test_uniform_attention_reads_as_ln_n_and_one_over_n(wikitext, monkeypatch):
+def test_uniform_attention_reads_as_ln_n_and_one_over_n():
     """With the query and key projections zeroed every token attends uniformly: entropy ln n
     and 1/n to the previous token, on rows with no padding."""
     script = load_doc_script("quality/mlm_oracle.py")
@@ -83,7 +83,8 @@ def test_uniform_attention_reads_as_ln_n_and_one_over_n(wikitext, monkeypatch):
             layer.attention.qkv.weight[:64] = 0  # the query and key rows of the fused projection
             layer.attention.qkv.bias[:64] = 0
     n = 12
-    batch = {"input_ids": torch.randint(5, 50, (3, n)), "token_type_ids": torch.zeros(3, n, dtype=torch.long),
+    batch = {"input_ids": torch.randint(5, 50, (3, n)),
+             "token_type_ids": torch.zeros(3, n, dtype=torch.long),
              "attention_mask": torch.ones(3, n, dtype=torch.long)}
     for entropy, previous in script.attention(model.encoder, batch):
         assert entropy == pytest.approx(math.log(n), abs=0.01)
